@@ -1,0 +1,191 @@
+"""Vision-encoder benchmark: unpatched vs. IPCV, latency, analytic FLOPs, memory, IPCV overhead.
+
+Default size is the Qwen2-VL-7B vision encoder (depth 32, width 1280, 16 heads, MLP ratio 4,
+merger to 3584) with random weights: speed does not depend on trained values. ``--size small``
+(depth 16, width 512, 8 heads) is for CPUs, and every table says which size and clock it used.
+
+Attention implementations: ``eager``, ``sdpa`` (PyTorch picks the kernel), ``sdpa-flash`` (sdpa
+forced to PyTorch's FlashAttention backend), ``flash_attention_2`` (needs the flash-attn
+package; recorded as unavailable where it is missing).
+
+    python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa,sdpa-flash
+    python benchmarks/vision_encoder.py --device cpu --size small --resolutions 224,448 --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ipcv  # noqa: E402
+from pipeline.inputs import random_patches  # noqa: E402
+from pipeline.models import parse_dtype  # noqa: E402
+from pipeline.timing import provenance, time_call  # noqa: E402
+from pipeline.vision_flops import VisionDims, record_vision_layout, vision_flops  # noqa: E402
+
+SIZES = {
+    "7b": dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=3584),
+    "small": dict(depth=16, embed_dim=512, num_heads=8, mlp_ratio=4, hidden_size=1024),
+}
+
+
+def build_tower(size: str, dtype: torch.dtype, device: torch.device, attn: str) -> torch.nn.Module:
+    from transformers import Qwen2VLVisionConfig
+    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
+
+    cfg = Qwen2VLVisionConfig(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, **SIZES[size])
+    cfg._attn_implementation = "sdpa" if attn.startswith("sdpa") else attn
+    torch.manual_seed(0)
+    with torch.device(device):
+        tower = Qwen2VisionTransformerPretrainedModel(cfg)
+    return tower.to(dtype).eval()
+
+
+def attention_context(attn: str):
+    if attn == "sdpa-flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    return contextlib.nullcontext()
+
+
+def peak_memory_mib(fn, device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None  # not measured on CPU (never reported as 0)
+    torch.cuda.synchronize(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def bench_one(tower, res: int, cfg: ipcv.IPCVConfig, attn: str, device, dtype, warmup: int, repeats: int) -> dict:
+    side = res // 14
+    inp = random_patches([(1, side, side)], seed=res)
+    pixels, grid = inp.pixel_values.to(device, dtype), inp.grid_thw.to(device)
+    dims = VisionDims.from_config(tower.config)
+
+    def forward():
+        with torch.inference_mode():
+            return tower(pixels, grid_thw=grid)
+
+    row: dict = {"resolution": res, "tokens": int(grid.prod()), "attn": attn}
+    with attention_context(attn):
+        with record_vision_layout(tower) as layout:
+            forward()
+        row["flops_base"] = vision_flops(dims, layout)["total"]
+        row["base"] = time_call(forward, device, warmup, repeats).to_dict()
+        row["mem_base_mib"] = peak_memory_mib(forward, device)
+        with ipcv.apply(tower, vision=cfg) as handle:
+            with record_vision_layout(tower) as layout:
+                forward()
+            stats = handle.vision_stats
+            row["kept"] = stats.total_kept
+            row["flops_ipcv"] = vision_flops(dims, layout, stats.neighbor_search_flops)["total"]
+            row["flops_overhead"] = stats.neighbor_search_flops
+            row["ipcv"] = time_call(forward, device, warmup, repeats).to_dict()
+            row["mem_ipcv_mib"] = peak_memory_mib(forward, device)
+            handle.time_overhead = True
+            overhead, encoder = [], []
+            timed = time_call(lambda: overhead.append(forward() and handle.vision_stats.overhead_ms), device, 1, repeats)
+            overhead = overhead[1:]  # drop the warm-up call
+            encoder = timed.median_ms
+            parts = {k: sorted(o[k] for o in overhead)[len(overhead) // 2] for k in overhead[0]}
+            row["overhead_ms"] = parts
+            row["overhead_share"] = sum(parts.values()) / encoder
+    return row
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    lines = [
+        f"Vision encoder ({meta['size']}: {meta['size_config']}), {meta['dtype']}, batch 1 image, "
+        f"IPCV {meta['ipcv']}",
+        f"Device: {meta['provenance']['device']} ({meta['provenance']['device_type']}), torch "
+        f"{meta['provenance']['torch']}, transformers {meta['provenance']['transformers']}, "
+        f"clock {rows[0]['base']['clock'] if rows and 'base' in rows[0] else '-'}; "
+        f"latency median [p10, p90] over {meta['repeats']} repeats after {meta['warmup']} warm-up",
+        "",
+        "| res | attn | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs | IPCV GFLOPs | FLOPs saved "
+        "| peak MiB base / IPCV | IPCV overhead (sel / nbr / restore ms) | overhead share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['resolution']} | {r['attn']} | {r.get('tokens', '-')} | unavailable: {r['error']} |")
+            continue
+        b, i = r["base"], r["ipcv"]
+        o = r["overhead_ms"]
+        mem = "n/m" if r["mem_base_mib"] is None else f"{r['mem_base_mib']:.0f} / {r['mem_ipcv_mib']:.0f}"
+        lines.append(
+            f"| {r['resolution']}² | {r['attn']} | {r['tokens']} | {r['kept']} "
+            f"| {b['median_ms']:.2f} [{b['p10_ms']:.2f}, {b['p90_ms']:.2f}] "
+            f"| {i['median_ms']:.2f} [{i['p10_ms']:.2f}, {i['p90_ms']:.2f}] "
+            f"| {b['median_ms'] / i['median_ms']:.2f}x | {r['flops_base'] / 1e9:.1f} | {r['flops_ipcv'] / 1e9:.1f} "
+            f"| {100 * (1 - r['flops_ipcv'] / r['flops_base']):.1f}% | {mem} "
+            f"| {o.get('selection', 0):.2f} / {o.get('neighbors', 0):.2f} / {o.get('restoration', 0):.2f} "
+            f"| {100 * r['overhead_share']:.1f}% |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--size", choices=sorted(SIZES), default="7b")
+    parser.add_argument("--attn", default="sdpa", help="comma list: eager, sdpa, sdpa-flash, flash_attention_2")
+    parser.add_argument("--resolutions", default="448,896,1344")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=20)
+    parser.add_argument("--prune-layer", type=int, default=3)
+    parser.add_argument("--reduction-ratio", type=float, default=0.65)
+    parser.add_argument("--as-layers", type=int, default=7)
+    parser.add_argument("--neighbors", type=int, default=10)
+    parser.add_argument("--out", type=Path, default=None, help="write JSON and Markdown with this stem")
+    args = parser.parse_args()
+
+    device, dtype = torch.device(args.device), parse_dtype(args.dtype)
+    cfg = ipcv.IPCVConfig(
+        prune_layer=args.prune_layer, reduction_ratio=args.reduction_ratio,
+        as_layers=args.as_layers, neighbors=args.neighbors,
+    )
+    resolutions = [int(r) for r in args.resolutions.split(",")]
+    rows = []
+    for attn in args.attn.split(","):
+        try:
+            tower = build_tower(args.size, dtype, device, attn)
+        except Exception as err:  # e.g. flash_attention_2 without the flash-attn package
+            rows += [{"resolution": r, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]} for r in resolutions]
+            continue
+        for res in resolutions:
+            try:
+                row = bench_one(tower, res, cfg, attn, device, dtype, args.warmup, args.repeats)
+            except Exception as err:
+                traceback.print_exc()
+                row = {"resolution": res, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+        del tower
+    meta = {
+        "size": args.size, "size_config": SIZES[args.size], "dtype": args.dtype, "ipcv": cfg.to_dict(),
+        "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
+        "command": " ".join(["python", *sys.argv]),
+    }
+    table = markdown(rows, meta)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
+        args.out.with_suffix(".md").write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

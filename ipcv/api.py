@@ -1,0 +1,86 @@
+"""``ipcv.apply``: patch a loaded Hugging Face model in place, and undo it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from ipcv.config import IPCVConfig
+from ipcv.families import check_blocks, family_of
+from ipcv.stats import VisionStats
+from ipcv.vision import VisionPatch
+
+_HANDLE_ATTR = "_ipcv_handle"
+
+
+class IPCVHandle:
+    """What ``apply`` installed on one model. ``remove()`` (or leaving a ``with`` block) undoes it.
+
+    ``vision_stats`` holds the statistics of the last completed call of the vision tower
+    (``None`` before the first call and after a call that raised). Set ``time_overhead = True``
+    to time IPCV's own steps (adds one CUDA synchronisation per call on GPU).
+    """
+
+    def __init__(self, model: nn.Module, family: str, vision: VisionPatch | None) -> None:
+        self.model = model
+        self.family = family
+        self._vision = vision
+        self.active = True
+
+    @property
+    def vision_config(self) -> IPCVConfig | None:
+        return self._vision.config if self._vision else None
+
+    @property
+    def vision_stats(self) -> VisionStats | None:
+        return self._vision.last_stats if self._vision else None
+
+    @property
+    def time_overhead(self) -> bool:
+        return bool(self._vision and self._vision.time_overhead)
+
+    @time_overhead.setter
+    def time_overhead(self, value: bool) -> None:
+        if self._vision:
+            self._vision.time_overhead = bool(value)
+
+    def remove(self) -> None:
+        if not self.active:
+            return
+        if self._vision:
+            self._vision.remove()
+        self.model.__dict__.pop(_HANDLE_ATTR, None)
+        self.active = False
+
+    def __enter__(self) -> "IPCVHandle":
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.remove()
+
+    def __repr__(self) -> str:
+        state = "active" if self.active else "removed"
+        return f"IPCVHandle({self.family}, vision={self.vision_config}, {state})"
+
+
+def apply(model: nn.Module, *, vision: IPCVConfig | None = None) -> IPCVHandle:
+    """Patch ``model`` (a Qwen2-VL / Qwen2.5-VL model, or its vision tower) in place.
+
+    Only this instance changes: another model of the same class in the process is untouched.
+    Raises ``TypeError`` for an unsupported model and ``ValueError`` for settings that do not fit
+    it (e.g. more blocks named than the encoder has), before anything is patched.
+    """
+    if vision is not None and not isinstance(vision, IPCVConfig):
+        raise TypeError(f"vision must be an IPCVConfig, got {type(vision).__name__}")
+    family = family_of(model)
+    if model.__dict__.get(_HANDLE_ATTR) is not None:
+        raise RuntimeError("this model is already patched by ipcv.apply; call .remove() on its handle first")
+    patch = None
+    if vision is not None:
+        tower = family.find_tower(model)
+        blocks = check_blocks(tower, family)
+        patch = VisionPatch(tower, blocks, vision)
+    handle = IPCVHandle(model, family.name, patch)
+    model.__dict__[_HANDLE_ATTR] = handle
+    return handle

@@ -1,0 +1,92 @@
+"""Settings of the vision-side compression, validated before any forward runs.
+
+A config is plain data (a frozen dataclass): it can be hashed into a cell id by the study, and a
+wrong value fails at construction with the field, the value and the allowed range, rather than as
+an index error deep inside a forward pass.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+Selection = Literal["feature_diff", "random"]
+Restore = Literal["ngr", "frozen"]
+Budget = Literal["global", "per_image"]
+NeighborScope = Literal["global", "same_image"]
+
+_CHOICES: dict[str, tuple[str, ...]] = {
+    "selection": ("feature_diff", "random"),
+    "restore": ("ngr", "frozen"),
+    "budget": ("global", "per_image"),
+    "neighbor_scope": ("global", "same_image"),
+}
+
+
+def _fail(field: str, value: Any, expected: str) -> None:
+    raise ValueError(f"IPCVConfig.{field} must be {expected}, got {value!r}")
+
+
+def _check_int(field: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        _fail(field, value, f"an integer >= {minimum}")
+    if value < minimum:
+        _fail(field, value, f"an integer >= {minimum}")
+
+
+@dataclass(frozen=True)
+class IPCVConfig:
+    """IPCV settings (see docs/method.md).
+
+    Defaults are the authors' published script settings (K=3, r=0.65, A=7, k=10) with the
+    published joint selection ("global" budget and neighbour scope).
+
+    - ``prune_layer`` (K): tokens are scored by how much block K-1 changed them; K >= 2.
+    - ``reduction_ratio`` (r): share of tokens removed, in [0, 1); ``floor(N * (1 - r))`` kept.
+    - ``as_layers`` (A): blocks K .. K+A-1 attend over the restored full sequence.
+    - ``neighbors`` (k): kept neighbours used to restore each removed token.
+    - ``selection``: "feature_diff" (the paper) or "random" (a control at the same budget).
+    - ``restore``: "ngr" (neighbour-guided reconstruction) or "frozen" (removed tokens keep their
+      layer-K state: the no-NGR ablation).
+    - ``budget``: "global" (over all images/frames of a request, as published) or "per_image"
+      (``floor(n_i * (1 - r))`` per image or video frame).
+    - ``neighbor_scope``: "global" (as published: a neighbour may come from another image) or
+      "same_image".
+    - ``seed``: seeds "random" selection so that a run is reproducible.
+    """
+
+    prune_layer: int = 3
+    reduction_ratio: float = 0.65
+    as_layers: int = 7
+    neighbors: int = 10
+    selection: Selection = "feature_diff"
+    restore: Restore = "ngr"
+    budget: Budget = "global"
+    neighbor_scope: NeighborScope = "global"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_int("prune_layer", self.prune_layer, 2)
+        ratio = self.reduction_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            _fail("reduction_ratio", ratio, "a number in [0, 1)")
+        _check_int("as_layers", self.as_layers, 0)
+        _check_int("neighbors", self.neighbors, 1)
+        _check_int("seed", self.seed, 0)
+        for field, allowed in _CHOICES.items():
+            value = getattr(self, field)
+            if value not in allowed:
+                _fail(field, value, "one of " + ", ".join(repr(a) for a in allowed))
+
+    def check_depth(self, depth: int) -> None:
+        """Fail early when the blocks this config names do not exist in an encoder of ``depth``."""
+        if self.prune_layer >= depth:
+            _fail("prune_layer", self.prune_layer, f"< the vision encoder depth ({depth})")
+        if self.prune_layer + self.as_layers > depth:
+            raise ValueError(
+                f"IPCVConfig.prune_layer + as_layers must be <= the vision encoder depth ({depth}), "
+                f"got {self.prune_layer} + {self.as_layers} = {self.prune_layer + self.as_layers}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

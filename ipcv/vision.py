@@ -1,0 +1,239 @@
+"""IPCV on a vision tower: per-instance wrappers of its blocks, and the per-forward state.
+
+The tower's own forward is left alone. A forward pre-hook on the tower opens a fresh
+``_ForwardState`` from ``grid_thw``; each block's ``forward`` is replaced on that block instance
+by a function that plays its role for this call:
+
+- blocks 0 .. K-2 run unchanged;
+- block K-1 runs unchanged, then scores tokens, keeps the top share, finds neighbours and hands
+  the kept tokens on (the tower's loop carries the shorter tensor from there);
+- blocks K .. K+A-1 (Attention Stabilization) rebuild the full sequence, attend over all tokens
+  with the tower's own ``cu_seqlens`` and position embeddings, and run the MLP on kept tokens;
+- later blocks run unchanged on the kept tokens with ``cu_seqlens``, ``max_seqlen`` and position
+  embeddings sliced to them;
+- the last block rebuilds the full sequence, so the merger, ``last_hidden_state`` and the LLM
+  see exactly as many tokens as without IPCV.
+
+Because the blocks read ``cu_seqlens`` from the tower's call, Qwen2.5-VL's window attention (and
+its window reordering of tokens) is handled by the same code: kept counts are taken per window.
+A forward hook (always called, also on an exception) publishes the statistics and drops the state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from ipcv import algorithm as alg
+from ipcv.config import IPCVConfig
+from ipcv.stats import OverheadTimer, VisionStats
+
+
+@dataclass
+class _PrunePlan:
+    """Which tokens survive block K-1 of this forward and how the removed ones are rebuilt."""
+
+    kept: torch.Tensor
+    removed: torch.Tensor
+    reconstruct: alg.Reconstruction
+    _cu_cache: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    _rope_cache: list[tuple[Any, Any]] = field(default_factory=list)
+
+    def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
+        return alg.scatter_full(kept_states, self.reconstruct(kept_states), self.kept, self.removed)
+
+    def kept_cu(self, cu: torch.Tensor) -> torch.Tensor:
+        for source, result in self._cu_cache:
+            if source is cu:
+                return result
+        result = alg.subset_cu_seqlens(cu, self.kept)
+        self._cu_cache.append((cu, result))
+        return result
+
+    def kept_rope(self, rope: Any) -> Any:
+        for source, result in self._rope_cache:
+            if source is rope:
+                return result
+        if isinstance(rope, tuple):
+            result = tuple(t[self.kept] for t in rope)
+        else:
+            result = rope[self.kept]
+        self._rope_cache.append((rope, result))
+        return result
+
+    def kept_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The tower's keyword arguments for a block, restated for the kept tokens."""
+        out = dict(kwargs)
+        cu = self.kept_cu(kwargs["cu_seqlens"])
+        out["cu_seqlens"] = cu
+        if out.get("max_seqlen") is not None:
+            out["max_seqlen"] = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+        for name in ("position_embeddings", "rotary_pos_emb"):
+            if out.get(name) is not None:
+                out[name] = self.kept_rope(out[name])
+        return out
+
+
+class _ForwardState:
+    """Everything one call of the tower needs; discarded when the call ends."""
+
+    def __init__(self, grid_thw: torch.Tensor, timer: OverheadTimer) -> None:
+        grid = grid_thw.detach().to("cpu", torch.long)
+        frame_sizes = torch.repeat_interleave(grid[:, 1] * grid[:, 2], grid[:, 0])
+        self.frame_cu = torch.nn.functional.pad(frame_sizes.cumsum(0), (1, 0))
+        self.stats = VisionStats(
+            frames_per_item=grid[:, 0].tolist(),
+            tokens_in=frame_sizes.tolist(),
+        )
+        self.timer = timer
+        self.plan: _PrunePlan | None = None
+
+
+class VisionPatch:
+    """IPCV installed on one vision tower instance; ``remove()`` restores it exactly."""
+
+    def __init__(self, tower: nn.Module, blocks: nn.ModuleList, config: IPCVConfig) -> None:
+        config.check_depth(len(blocks))
+        if tower.__dict__.get("_ipcv_vision_patch") is not None:
+            raise RuntimeError("this vision tower is already patched by ipcv.apply; remove that patch first")
+        tower.__dict__["_ipcv_vision_patch"] = self
+        self.tower = tower
+        self.blocks = blocks
+        self.config = config
+        self.time_overhead = False
+        self.last_stats: VisionStats | None = None
+        self._state: _ForwardState | None = None
+        self._saved_forwards: list[tuple[nn.Module, Any]] = []
+        self._hooks = [
+            tower.register_forward_pre_hook(self._open, with_kwargs=True),
+            tower.register_forward_hook(self._close, always_call=True),
+        ]
+        for index, block in enumerate(blocks):
+            previous = block.__dict__.get("forward")  # an instance-level forward (e.g. accelerate)
+            self._saved_forwards.append((block, previous))
+            block.forward = self._make_forward(index, block, block.forward)
+
+    # -- hooks on the tower ---------------------------------------------------------------
+    def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
+        if grid_thw is None:
+            raise ValueError("IPCV needs grid_thw in the call of the vision tower")
+        self.last_stats = None
+        self._state = _ForwardState(grid_thw, OverheadTimer(self.time_overhead))
+
+    def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
+        state, self._state = self._state, None
+        if state is None or output is None:  # the forward raised: publish nothing
+            return
+        state.stats.overhead_ms = state.timer.result()
+        state.stats.complete = state.plan is not None
+        self.last_stats = state.stats
+
+    # -- blocks ---------------------------------------------------------------------------
+    def _make_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
+        k, a, depth = self.config.prune_layer, self.config.as_layers, len(self.blocks)
+
+        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+            state = self._state
+            if state is None or index < k - 1:
+                return original(*args, **kwargs)
+            hidden, kwargs = _split_call(args, kwargs)
+            if index == k - 1:
+                out = original(hidden, **kwargs)
+                state.plan = self._plan(state, hidden, out)
+                state.stats.prune_layer = k
+                out = out[state.plan.kept]
+            elif index < k + a:
+                out = self._stabilized_block(block, state, hidden, kwargs)
+                state.stats.as_blocks.append(index)
+            else:
+                out = original(hidden, **state.plan.kept_call_kwargs(kwargs))
+                state.stats.pruned_blocks.append(index)
+            if index == depth - 1:
+                with state.timer("restoration", out.device):
+                    out = state.plan.rebuild(out)
+                state.stats.tokens_to_merger = list(state.stats.tokens_in)
+            return out
+
+        return forward
+
+    def _plan(self, state: _ForwardState, h_before: torch.Tensor, h_after: torch.Tensor) -> _PrunePlan:
+        cfg = self.config
+        n_tokens = h_after.shape[0]
+        if int(state.frame_cu[-1]) != n_tokens:
+            raise ValueError(
+                f"grid_thw describes {int(state.frame_cu[-1])} patches but the vision tower "
+                f"holds {n_tokens} tokens"
+            )
+        device = h_after.device
+        frame_cu = state.frame_cu.to(device)
+        with state.timer("selection", device):
+            if cfg.selection == "random":
+                scores = alg.random_scores(n_tokens, cfg.seed, device)
+            else:
+                scores = alg.token_scores(h_before, h_after)
+            kept = alg.select_tokens(scores, frame_cu, cfg.reduction_ratio, cfg.budget)
+            removed = alg.complement(kept, n_tokens)
+        segments = alg.segment_ids(frame_cu, n_tokens)
+        kept_states, removed_states = h_after[kept], h_after[removed]
+        index = weight = None
+        with state.timer("neighbors", device):  # neighbour search and the reconstruction matrix
+            if cfg.restore == "ngr":
+                same = cfg.neighbor_scope == "same_image"
+                index, weight = alg.find_neighbors(
+                    removed_states,
+                    kept_states,
+                    cfg.neighbors,
+                    segments[removed] if same else None,
+                    segments[kept] if same else None,
+                )
+                state.stats.neighbor_search_flops = alg.neighbor_search_flops(
+                    removed.numel(), kept.numel(), h_after.shape[-1]
+                )
+            reconstruct = alg.Reconstruction(kept_states, removed_states, index, weight)
+        state.stats.tokens_kept = torch.bincount(segments[kept], minlength=len(state.stats.tokens_in)).tolist()
+        state.stats.kept_index = kept
+        return _PrunePlan(kept, removed, reconstruct)
+
+    def _stabilized_block(
+        self, block: nn.Module, state: _ForwardState, kept_states: torch.Tensor, kwargs: dict
+    ) -> torch.Tensor:
+        plan = state.plan
+        with state.timer("restoration", kept_states.device):
+            full = plan.rebuild(kept_states)
+        attn_out = block.attn(block.norm1(full), **kwargs)
+        hidden = kept_states + attn_out[plan.kept]
+        return hidden + block.mlp(block.norm2(hidden))
+
+    # -- undo -----------------------------------------------------------------------------
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        for block, previous in self._saved_forwards:
+            if previous is None:
+                block.__dict__.pop("forward", None)
+            else:
+                block.forward = previous
+        self._saved_forwards = []
+        self._state = None
+        self.tower.__dict__.pop("_ipcv_vision_patch", None)
+
+
+def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
+    """Normalise a block call to ``(hidden_states, keyword arguments)``."""
+    kwargs = dict(kwargs)
+    if args:
+        hidden = args[0]
+        if len(args) > 1:
+            kwargs["cu_seqlens"] = args[1]
+        if len(args) > 2:
+            raise TypeError("IPCV expects the vision blocks to be called with keyword arguments")
+    else:
+        hidden = kwargs.pop("hidden_states")
+    if "cu_seqlens" not in kwargs:
+        raise TypeError("IPCV expects the vision tower to pass cu_seqlens to its blocks")
+    return hidden, kwargs

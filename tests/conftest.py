@@ -1,0 +1,71 @@
+"""Shared fixtures: tiny seeded models of both families and request builders."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers.utils import logging as hf_logging
+
+from pipeline.inputs import VisionInput, random_patches
+from pipeline.models import build_tiny
+
+hf_logging.set_verbosity_error()
+
+FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl"]
+IMAGE_TOKEN, VIDEO_TOKEN, VISION_START, VISION_END = 500, 501, 502, 503
+
+
+@pytest.fixture(params=FAMILIES)
+def family(request) -> str:
+    return request.param
+
+
+def tiny(name: str, **kw) -> torch.nn.Module:
+    return build_tiny(name, seed=0, **kw)
+
+
+def tower_of(model: torch.nn.Module) -> torch.nn.Module:
+    return model.model.visual
+
+
+def run_tower(tower: torch.nn.Module, inp: VisionInput):
+    dtype = next(tower.parameters()).dtype
+    with torch.no_grad():
+        return tower(inp.pixel_values.to(dtype), grid_thw=inp.grid_thw)
+
+
+def multimodal_request(inp: VisionInput, video: bool = False) -> dict:
+    """input_ids with one vision span per grid row (merged-token count), then a short text."""
+    token, kind = (VIDEO_TOKEN, 2) if video else (IMAGE_TOKEN, 1)
+    ids, types = [], []
+    for t, h, w in inp.grid_thw.tolist():
+        n = t * h * w // 4
+        ids += [VISION_START] + [token] * n + [VISION_END]
+        types += [0] + [kind] * n + [0]
+    ids += [10, 11, 12]
+    types += [0, 0, 0]
+    input_ids = torch.tensor([ids])
+    request = dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        mm_token_type_ids=torch.tensor([types]),
+    )
+    if video:
+        request.update(pixel_values_videos=inp.pixel_values, video_grid_thw=inp.grid_thw)
+    else:
+        request.update(pixel_values=inp.pixel_values, image_grid_thw=inp.grid_thw)
+    return request
+
+
+TWO_IMAGES = [(1, 12, 12), (1, 8, 10)]
+VIDEO = [(3, 8, 8)]
+
+
+@pytest.fixture
+def two_images() -> VisionInput:
+    return random_patches(TWO_IMAGES, seed=1)
+
+
+@pytest.fixture
+def video() -> VisionInput:
+    return random_patches(VIDEO, seed=2)

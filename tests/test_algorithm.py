@@ -1,0 +1,64 @@
+"""The pure functions against hand-computed cases."""
+
+import torch
+
+from ipcv import algorithm as alg
+
+
+def test_kept_count_is_exact_floor():
+    assert alg.kept_count(20, 0.65) == 7  # 20 * 0.35 = 7 exactly
+    assert alg.kept_count(100, 0.65) == 35
+    assert alg.kept_count(10, 0.778) == 2  # 2.22
+    assert alg.kept_count(7, 0.0) == 7
+    assert alg.kept_count(3, 0.9) == 1  # never empty
+
+
+def test_kept_token_stays_in_its_own_image():
+    # Two images of 4 tokens; token 4 (the first of image 2) is kept. The published code counted
+    # it in image 1's segment; here it opens image 2's.
+    cu = torch.tensor([0, 4, 8], dtype=torch.int32)
+    kept = torch.tensor([1, 4, 5])
+    assert alg.subset_cu_seqlens(cu, kept).tolist() == [0, 1, 3]
+    # An image with no kept token leaves no empty segment behind.
+    assert alg.subset_cu_seqlens(cu, torch.tensor([5, 6])).tolist() == [0, 2]
+
+
+def test_select_global_and_per_image():
+    scores = torch.tensor([0.1, 0.9, 0.8, 0.2, 0.7, 0.6, 0.3, 0.4])
+    cu = torch.tensor([0, 4, 8])
+    # global, r = 0.5: top 4 of all = indices 1, 2, 4, 5
+    assert alg.select_tokens(scores, cu, 0.5, "global").tolist() == [1, 2, 4, 5]
+    # per image, r = 0.5: top 2 of [0..4) = 1, 2 and of [4..8) = 4, 5 -> same here
+    assert alg.select_tokens(scores, cu, 0.5, "per_image").tolist() == [1, 2, 4, 5]
+    # r = 0.75: global keeps 2 (1, 2), per image keeps one each (1 and 4)
+    assert alg.select_tokens(scores, cu, 0.75, "global").tolist() == [1, 2]
+    assert alg.select_tokens(scores, cu, 0.75, "per_image").tolist() == [1, 4]
+
+
+def test_neighbors_and_reconstruction_by_hand():
+    kept_anchor = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    removed_anchor = torch.tensor([[1.0, 0.0], [9.0, 1.0]])
+    index, weight = alg.find_neighbors(removed_anchor, kept_anchor, k=2)
+    assert index.tolist() == [[0, 1], [1, 2]] or index.tolist() == [[0, 1], [1, 0]]
+    # distances from (9,1): to kept1 = 1.41, kept0 = 9.06, kept2 = 12.04 -> neighbours 1 and 0
+    assert index.tolist() == [[0, 1], [1, 0]]
+    assert torch.allclose(weight, torch.full((2, 2), 0.5))
+    kept_now = kept_anchor + torch.tensor([[1.0, 1.0], [3.0, 3.0], [100.0, 100.0]])
+    rebuilt = alg.Reconstruction(kept_anchor, removed_anchor, index, weight)(kept_now)
+    # each removed token moves by the mean drift of kept0 and kept1 = (2, 2)
+    assert torch.allclose(rebuilt, removed_anchor + 2.0)
+
+
+def test_same_segment_neighbours_and_missing_neighbours():
+    kept = torch.tensor([[0.0], [1.0], [50.0]])
+    removed = torch.tensor([[49.0], [2.0]])
+    kept_seg = torch.tensor([0, 0, 1])
+    removed_seg = torch.tensor([0, 2])
+    index, weight = alg.find_neighbors(removed, kept, 2, removed_seg, kept_seg)
+    # token in segment 0 may not use the close kept token 2 (segment 1)
+    assert sorted(index[0].tolist()) == [0, 1]
+    assert torch.allclose(weight[0], torch.tensor([0.5, 0.5]))
+    # segment 2 has no kept token: zero weights, reconstruction keeps the anchor
+    assert weight[1].sum() == 0
+    rebuilt = alg.Reconstruction(kept, removed, index, weight)(kept + 5)
+    assert rebuilt[1].item() == 2.0 and rebuilt[0].item() == 54.0

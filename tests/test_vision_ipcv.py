@@ -1,0 +1,248 @@
+"""IPCV on the vision towers of both families, against the unpatched model and a written-out reference."""
+
+import pytest
+import torch
+
+import ipcv
+from pipeline.inputs import random_patches
+from tests.conftest import TWO_IMAGES, multimodal_request, run_tower, tiny, tower_of
+from tests.reference_ipcv import frame_of_each_token, reference_ipcv
+
+
+@pytest.mark.parametrize("attn", ["eager", "sdpa"])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16", "float16"])
+def test_ratio_zero_is_bit_identical_and_remove_restores(family, attn, dtype, two_images):
+    model = tiny(family, attn_implementation=attn, dtype=dtype)
+    tower = tower_of(model)
+    reference = run_tower(tower, two_images)
+    with ipcv.apply(model, vision=ipcv.IPCVConfig(reduction_ratio=0.0)) as handle:
+        same = run_tower(tower, two_images)
+        assert handle.vision_stats.tokens_kept == handle.vision_stats.tokens_in
+    assert torch.equal(same.pooler_output, reference.pooler_output)
+    assert torch.equal(same.last_hidden_state, reference.last_hidden_state)
+
+    handle = ipcv.apply(model, vision=ipcv.IPCVConfig(reduction_ratio=0.65))
+    pruned = run_tower(tower, two_images)
+    assert not torch.equal(pruned.pooler_output, reference.pooler_output)
+    assert torch.isfinite(pruned.pooler_output.float()).all()
+    handle.remove()
+    assert torch.equal(run_tower(tower, two_images).pooler_output, reference.pooler_output)
+
+
+def test_full_model_forward_and_generate(family, two_images):
+    model = tiny(family)
+    request = multimodal_request(two_images)
+    with torch.no_grad():
+        logits = model(**request).logits
+        generated = model.generate(**request, max_new_tokens=4, do_sample=False)
+        with ipcv.apply(model, vision=ipcv.IPCVConfig(reduction_ratio=0.0)):
+            assert torch.equal(model(**request).logits, logits)
+            assert torch.equal(model.generate(**request, max_new_tokens=4, do_sample=False), generated)
+        with ipcv.apply(model, vision=ipcv.IPCVConfig(reduction_ratio=0.65)) as handle:
+            pruned_logits = model(**request).logits
+            assert handle.vision_stats.total_kept < handle.vision_stats.total_in
+            handle_stats_after_forward = handle.vision_stats
+            out = model.generate(**request, max_new_tokens=4, do_sample=False)
+            assert handle.vision_stats is not handle_stats_after_forward  # generate ran the patched tower again
+            assert out.shape == generated.shape
+        assert not torch.equal(pruned_logits, logits)
+        assert pruned_logits.shape == logits.shape  # the LLM sees as many visual tokens as before
+
+
+def test_patched_and_unpatched_instances_coexist(family, two_images):
+    patched, plain = tiny(family), tiny(family)
+    reference = run_tower(tower_of(plain), two_images).pooler_output
+    with ipcv.apply(patched, vision=ipcv.IPCVConfig()):
+        assert not torch.equal(run_tower(tower_of(patched), two_images).pooler_output, reference)
+        assert torch.equal(run_tower(tower_of(plain), two_images).pooler_output, reference)
+
+
+@pytest.mark.parametrize("r_percent", [50, 65, 78])
+def test_kept_counts_follow_the_budget(family, r_percent, video):
+    model = tiny(family)
+    inputs = [random_patches(TWO_IMAGES, seed=3), video]
+    for inp in inputs:
+        for budget in ("global", "per_image"):
+            cfg = ipcv.IPCVConfig(reduction_ratio=r_percent / 100, budget=budget)
+            with ipcv.apply(model, vision=cfg) as handle:
+                run_tower(tower_of(model), inp)
+                stats = handle.vision_stats
+            sizes = [h * w for t, h, w in inp.grid_thw.tolist() for _ in range(t)]
+            assert stats.tokens_in == sizes
+            assert stats.tokens_to_merger == sizes
+            if budget == "global":
+                assert sum(stats.tokens_kept) == sum(sizes) * (100 - r_percent) // 100
+            else:
+                assert stats.tokens_kept == [n * (100 - r_percent) // 100 for n in sizes]
+
+
+@pytest.mark.parametrize(
+    "budget, scope, restore",
+    [
+        ("global", "global", "ngr"),
+        ("per_image", "same_image", "ngr"),
+        ("global", "same_image", "frozen"),
+        ("per_image", "global", "ngr"),
+    ],
+)
+def test_matches_written_out_reference(family, budget, scope, restore):
+    model = tiny(family, attn_implementation="eager")
+    tower = tower_of(model)
+    inp = random_patches([(1, 8, 8), (1, 4, 8)], seed=5)
+    K, A, k, r_percent = 3, 4, 3, 65
+    expected, kept, _ = reference_ipcv(
+        tower, inp, K=K, r_percent=r_percent, A=A, k=k, budget=budget, scope=scope, restore=restore
+    )
+    cfg = ipcv.IPCVConfig(
+        prune_layer=K, reduction_ratio=r_percent / 100, as_layers=A, neighbors=k,
+        budget=budget, neighbor_scope=scope, restore=restore,
+    )
+    with ipcv.apply(model, vision=cfg) as handle:
+        out = run_tower(tower, inp)
+        stats = handle.vision_stats
+    assert stats.kept_index.tolist() == kept
+    assert stats.as_blocks == list(range(K, K + A)) and stats.pruned_blocks == list(range(K + A, 12))
+    torch.testing.assert_close(out.last_hidden_state, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_reconstruction_matters(family):
+    """NGR and frozen restoration give different features (the ablation is real)."""
+    model = tiny(family)
+    inp = random_patches([(1, 8, 8)], seed=6)
+    outs = []
+    for restore in ("ngr", "frozen"):
+        with ipcv.apply(model, vision=ipcv.IPCVConfig(restore=restore, as_layers=2)):
+            outs.append(run_tower(tower_of(model), inp).pooler_output)
+    assert not torch.allclose(outs[0], outs[1])
+
+
+def test_random_selection_is_seeded(family):
+    model = tiny(family)
+    inp = random_patches([(1, 8, 8)], seed=7)
+    kept = []
+    for seed in (0, 0, 1):
+        with ipcv.apply(model, vision=ipcv.IPCVConfig(selection="random", seed=seed)) as handle:
+            run_tower(tower_of(model), inp)
+            kept.append(handle.vision_stats.kept_index.tolist())
+    assert kept[0] == kept[1] != kept[2]
+    with ipcv.apply(model, vision=ipcv.IPCVConfig()) as handle:
+        run_tower(tower_of(model), inp)
+        assert handle.vision_stats.kept_index.tolist() != kept[0]
+
+
+def test_per_image_same_image_isolates_images(family):
+    model = tiny(family)
+    tower = tower_of(model)
+    a = random_patches([(1, 8, 8)], seed=8).pixel_values
+    b = random_patches([(1, 8, 8)], seed=9).pixel_values
+    grid = torch.tensor([[1, 8, 8], [1, 8, 8]])
+
+    def features(cfg, second):
+        with ipcv.apply(model, vision=cfg):
+            with torch.no_grad():
+                return tower(torch.cat([a, second]), grid_thw=grid).pooler_output[:16]
+
+    isolated = ipcv.IPCVConfig(budget="per_image", neighbor_scope="same_image")
+    torch.testing.assert_close(features(isolated, b), features(isolated, 5 * b + 1), rtol=0, atol=1e-5)
+    # the published joint selection lets the second image change the first one's tokens
+    joint = ipcv.IPCVConfig()
+    assert not torch.allclose(features(joint, b), features(joint, 5 * b + 1), atol=1e-3)
+
+
+def test_kept_tokens_never_attend_across_images(family):
+    model = tiny(family)
+    tower = tower_of(model)
+    inp = random_patches([(1, 8, 8), (1, 4, 8), (2, 4, 4)], seed=10)
+    frames = frame_of_each_token(inp.grid_thw)
+    seen = {}
+
+    def hook(i):
+        def record(module, args, kwargs):
+            seen[i] = (args[0].shape[0], kwargs["cu_seqlens"].tolist())
+
+        return record
+
+    cfg = ipcv.IPCVConfig(as_layers=2)  # blocks 5..11 run on kept tokens only
+    with ipcv.apply(model, vision=cfg) as handle:
+        handles = [b.attn.register_forward_pre_hook(hook(i), with_kwargs=True) for i, b in enumerate(tower.blocks)]
+        run_tower(tower, inp)
+        for h in handles:
+            h.remove()
+        kept = handle.vision_stats.kept_index.tolist()
+    kept_frames = [frames[t] for t in kept]
+    for i in handle.vision_stats.pruned_blocks:
+        n, cu = seen[i]
+        assert n == len(kept)
+        for start, end in zip(cu[:-1], cu[1:]):
+            assert end > start
+            assert len(set(kept_frames[start:end])) == 1, f"block {i}: segment {start}:{end} spans images"
+
+
+def test_video_and_multi_image_requests(family, video):
+    model = tiny(family)
+    with torch.no_grad():
+        request = multimodal_request(video, video=True)
+        logits = model(**request).logits
+        with ipcv.apply(model, vision=ipcv.IPCVConfig(budget="per_image")) as handle:
+            pruned = model(**request).logits
+            stats = handle.vision_stats
+    assert stats.frames_per_item == [3]
+    assert len(stats.tokens_kept) == 3 and all(n == 64 * 35 // 100 for n in stats.tokens_kept)
+    assert pruned.shape == logits.shape and torch.isfinite(pruned).all()
+
+
+def test_exception_mid_forward_leaves_no_state(family, two_images):
+    model = tiny(family)
+    tower = tower_of(model)
+    cfg = ipcv.IPCVConfig()
+    with ipcv.apply(model, vision=cfg) as handle:
+        expected = run_tower(tower, two_images).pooler_output
+        block = tower.blocks[6]
+        original_mlp_forward = block.mlp.forward
+
+        def boom(*args, **kwargs):
+            raise torch.cuda.OutOfMemoryError("simulated OOM")
+
+        block.mlp.forward = boom
+        with pytest.raises(torch.cuda.OutOfMemoryError):
+            run_tower(tower, random_patches([(1, 6, 6)], seed=11))
+        assert handle.vision_stats is None
+        block.mlp.forward = original_mlp_forward
+        again = run_tower(tower, two_images).pooler_output
+        assert torch.equal(again, expected)
+        assert handle.vision_stats.tokens_in == [144, 80]
+
+
+def test_qwen25_windows_keep_counts_per_window():
+    model = tiny("tiny-qwen2.5-vl")
+    tower = tower_of(model)
+    inp = random_patches([(1, 16, 12), (1, 8, 8)], seed=12)  # several 8x8-patch windows per image
+    unpatched = {}
+    patched = {}
+
+    def hook(store, i):
+        def record(module, args, kwargs):
+            store[i] = kwargs["cu_seqlens"].tolist()
+
+        return record
+
+    handles = [b.register_forward_pre_hook(hook(unpatched, i), with_kwargs=True) for i, b in enumerate(tower.blocks)]
+    run_tower(tower, inp)
+    for h in handles:
+        h.remove()
+    window_block = 10  # not in fullatt_block_indexes [3, 7, 11]
+    assert len(unpatched[window_block]) > len(unpatched[11])  # windows are finer than images
+    with ipcv.apply(model, vision=ipcv.IPCVConfig(as_layers=2)) as handle:
+        handles = [b.attn.register_forward_pre_hook(hook(patched, i), with_kwargs=True) for i, b in enumerate(tower.blocks)]
+        run_tower(tower, inp)
+        for h in handles:
+            h.remove()
+        kept = set(handle.vision_stats.kept_index.tolist())
+    for block in (window_block, 11):
+        bounds = unpatched[block]
+        counts = [sum(1 for t in range(s, e) if t in kept) for s, e in zip(bounds[:-1], bounds[1:])]
+        expected = [0]
+        for c in counts:
+            if c:
+                expected.append(expected[-1] + c)
+        assert patched[block] == expected
