@@ -12,6 +12,7 @@ import math
 from fractions import Fraction
 
 import torch
+import torch.nn.functional as F
 
 from ipcv.config import Budget
 
@@ -119,11 +120,12 @@ class Reconstruction:
     """Neighbour-Guided Reconstruction of the removed tokens, prepared once per forward.
 
     ``removed = removed_anchor + sum_j w_j * (kept_now[n_j] - kept_anchor[n_j])`` is linear in
-    ``kept_now``, so it is stored as ``offset + W @ kept_now`` with ``W`` the sparse [R, M]
-    matrix of neighbour weights and ``offset = removed_anchor - W @ kept_anchor``: each rebuild
-    (once per Attention Stabilization block and once at the end) is one sparse product, computed
-    in float32 and returned in the dtype of ``kept_now``. Without neighbours (``index`` of width 0)
-    or with ``frozen`` restoration it returns the anchors: the no-NGR ablation.
+    ``kept_now``: it is stored as ``offset + sum_j w_j * kept_now[n_j]`` with
+    ``offset = removed_anchor - sum_j w_j * kept_anchor[n_j]``, so each rebuild (once per
+    Attention Stabilization block and once at the end) is one weighted gather-sum
+    (``embedding_bag``: no [R, k, D] intermediate), in float32, returned in the dtype of
+    ``kept_now``. Without neighbours (``index`` of width 0, or ``None`` for ``frozen``
+    restoration) it returns the anchors: the no-NGR ablation.
     """
 
     def __init__(
@@ -133,25 +135,20 @@ class Reconstruction:
         neighbor_index: torch.Tensor | None,
         neighbor_weight: torch.Tensor | None,
     ) -> None:
-        n_removed, n_kept = removed_anchor.shape[0], kept_anchor.shape[0]
-        self.matrix: torch.Tensor | None = None
         self.offset = removed_anchor.float()
-        if neighbor_index is not None and neighbor_index.shape[1] > 0 and n_removed > 0:
-            width = neighbor_index.shape[1]
-            rows = torch.arange(n_removed, device=neighbor_index.device).repeat_interleave(width)
-            coo = torch.sparse_coo_tensor(
-                torch.stack([rows, neighbor_index.reshape(-1)]),
-                neighbor_weight.reshape(-1).float(),
-                (n_removed, n_kept),
-                check_invariants=False,  # indices come from topk over [0, n_kept): valid by construction
-            )
-            self.matrix = coo.coalesce()
-            self.offset = self.offset - self.matrix @ kept_anchor.float()
+        self.index: torch.Tensor | None = None
+        if neighbor_index is not None and neighbor_index.shape[1] > 0 and removed_anchor.shape[0] > 0:
+            self.index = neighbor_index
+            self.weight = neighbor_weight.float()
+            self.offset = self.offset - self._weighted_sum(kept_anchor)
+
+    def _weighted_sum(self, kept: torch.Tensor) -> torch.Tensor:
+        return F.embedding_bag(self.index, kept.float(), per_sample_weights=self.weight, mode="sum")
 
     def __call__(self, kept_now: torch.Tensor) -> torch.Tensor:
-        if self.matrix is None:
+        if self.index is None:
             return self.offset.to(kept_now.dtype)
-        return (self.offset + self.matrix @ kept_now.float()).to(kept_now.dtype)
+        return (self.offset + self._weighted_sum(kept_now)).to(kept_now.dtype)
 
 
 def scatter_full(

@@ -1,0 +1,66 @@
+"""Where IPCV's time goes at small inputs: kernel launches, host synchronisations and the
+slowest operators of one vision-encoder forward, unpatched vs. IPCV (torch.profiler).
+
+    python benchmarks/launch_profile.py --device cuda --resolution 448
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import ipcv  # noqa: E402
+from benchmarks.vision_encoder import build_tower  # noqa: E402
+from pipeline.inputs import random_patches  # noqa: E402
+from pipeline.models import parse_dtype  # noqa: E402
+
+
+def summarize(tag: str, prof, device: torch.device) -> None:
+    events = prof.key_averages()
+    launches = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel"))
+    syncs = sum(e.count for e in events if "Synchronize" in e.key or e.key == "cudaMemcpyAsync")
+    ops = sum(e.count for e in events if e.key.startswith("aten::"))
+    print(f"== {tag}: aten ops {ops}, kernel launches {launches}, synchronising calls (sync + memcpy) {syncs}")
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    print(events.table(sort_by=sort, row_limit=12, max_name_column_width=48))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--device", default="cuda")
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--size", default="7b")
+    parser.add_argument("--resolution", type=int, default=448)
+    args = parser.parse_args()
+    device, dtype = torch.device(args.device), parse_dtype(args.dtype)
+    tower = build_tower(args.size, dtype, device, "sdpa")
+    side = args.resolution // 14
+    inp = random_patches([(1, side, side)], seed=0)
+    pixels, grid = inp.pixel_values.to(device, dtype), inp.grid_thw.to(device)
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+
+    def forward():
+        with torch.inference_mode():
+            tower(pixels, grid_thw=grid)
+
+    for tag, cfg in (("unpatched", None), ("IPCV", ipcv.IPCVConfig())):
+        handle = ipcv.apply(tower, vision=cfg) if cfg else None
+        for _ in range(3):
+            forward()
+        with profile(activities=activities) as prof:
+            forward()
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+        summarize(f"{tag} {args.resolution}^2 {args.size} {args.dtype}", prof, device)
+        if handle:
+            handle.remove()
+
+
+if __name__ == "__main__":
+    main()
