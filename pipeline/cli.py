@@ -21,6 +21,9 @@ console = Console()
 @app.callback()
 def main() -> None:
     """IPCV scaling study: what visual-token compression buys, stage by stage."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
 
 
 @app.command()

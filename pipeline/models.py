@@ -108,10 +108,26 @@ def load_model(
 ) -> nn.Module:
     """A tiny preset by name, else a real checkpoint from a local path or hub id."""
     if name_or_path in PRESETS:
+        check_device(device)
         return build_tiny(name_or_path, seed=seed, dtype=dtype, attn_implementation=attn_implementation).to(device)
     from transformers import AutoModelForImageTextToText
 
-    model = AutoModelForImageTextToText.from_pretrained(
-        name_or_path, dtype=parse_dtype(dtype), attn_implementation=attn_implementation
-    )
+    torch_dtype = parse_dtype(dtype)
+    check_device(device)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load model {name_or_path!r}: not a preset ({', '.join(PRESETS)}), "
+            f"nor a loadable local path or hub id ({type(err).__name__}: {err})"
+        ) from err
     return model.to(device).eval()
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")

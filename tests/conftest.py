@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
-import pytest
-import torch
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub (set before transformers loads)
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 from transformers.utils import logging as hf_logging
 
 from pipeline.inputs import VisionInput, random_patches

@@ -1,0 +1,41 @@
+import json
+
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+
+runner = CliRunner()
+
+
+def test_demo_reports_kept_tokens_flops_and_fidelity(tmp_path):
+    out = tmp_path / "demo.json"
+    result = runner.invoke(app, ["demo", "--resolution", "224", "--images", "2", "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "FLOPs" in result.output and "cosine" in result.output
+    data = json.loads(out.read_text())
+    assert data["tokens_in"] == [256, 256]
+    assert sum(data["tokens_kept"]) == 512 * 35 // 100
+    assert data["tokens_to_merger"] == [256, 256]
+    assert data["flops_ipcv"]["total"] < data["flops_baseline"]["total"]
+    assert 0 < data["cosine_mean"] <= 1.0001
+
+
+def test_demo_per_image_on_qwen25():
+    result = runner.invoke(app, ["demo", "--model", "tiny-qwen2.5-vl", "--resolution", "224", "--budget", "per_image"])
+    assert result.exit_code == 0, result.output
+    assert "89" in result.output  # floor(256 * 0.35) kept in each image
+
+
+def test_bad_arguments_give_clear_messages():
+    cases = [
+        (["demo", "--reduction-ratio", "1.5"], "IPCVConfig.reduction_ratio"),
+        (["demo", "--budget", "per_frame"], "IPCVConfig.budget"),
+        (["demo", "--resolution", "100"], "multiple of 28"),
+        (["demo", "--dtype", "float8"], "dtype must be one of"),
+        (["demo", "--device", "tpu"], "device must be"),
+        (["demo", "--model", "/nonexistent/model"], "could not load model"),
+    ]
+    for args, message in cases:
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        assert message in result.output, (args, result.output)
