@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import sys
 import traceback
 from pathlib import Path
@@ -93,14 +94,19 @@ def bench_one(tower, res: int, cfg: ipcv.IPCVConfig, attn: str, device, dtype, w
             row["flops_overhead"] = stats.neighbor_search_flops
             row["ipcv"] = time_call(forward, device, warmup, repeats).to_dict()
             row["mem_ipcv_mib"] = peak_memory_mib(forward, device)
+            # A separate set of runs: timing the steps adds one synchronisation per call.
             handle.time_overhead = True
-            overhead, encoder = [], []
-            timed = time_call(lambda: overhead.append(forward() and handle.vision_stats.overhead_ms), device, 1, repeats)
+            overhead: list[dict[str, float]] = []
+
+            def forward_with_overhead():
+                forward()
+                overhead.append(handle.vision_stats.overhead_ms)
+
+            timed = time_call(forward_with_overhead, device, 1, repeats)
             overhead = overhead[1:]  # drop the warm-up call
-            encoder = timed.median_ms
-            parts = {k: sorted(o[k] for o in overhead)[len(overhead) // 2] for k in overhead[0]}
+            parts = {k: statistics.median(o[k] for o in overhead) for k in overhead[0]}
             row["overhead_ms"] = parts
-            row["overhead_share"] = sum(parts.values()) / encoder
+            row["overhead_share"] = sum(parts.values()) / timed.median_ms
     return row
 
 

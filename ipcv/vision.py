@@ -39,19 +39,21 @@ class _PrunePlan:
     kept: torch.Tensor
     removed: torch.Tensor
     reconstruct: alg.Reconstruction
-    _cu_cache: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    _cu_cache: list[tuple[torch.Tensor, tuple[torch.Tensor, int]]] = field(default_factory=list)
     _rope_cache: list[tuple[Any, Any]] = field(default_factory=list)
 
     def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
         return alg.scatter_full(kept_states, self.reconstruct(kept_states), self.kept, self.removed)
 
-    def kept_cu(self, cu: torch.Tensor) -> torch.Tensor:
+    def kept_cu(self, cu: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """Kept-token boundaries for the tower's ``cu`` and their longest segment (once per ``cu``)."""
         for source, result in self._cu_cache:
             if source is cu:
                 return result
-        result = alg.subset_cu_seqlens(cu, self.kept)
-        self._cu_cache.append((cu, result))
-        return result
+        kept_cu = alg.subset_cu_seqlens(cu, self.kept)
+        longest = int((kept_cu[1:] - kept_cu[:-1]).max()) if kept_cu.numel() > 1 else 0
+        self._cu_cache.append((cu, (kept_cu, longest)))
+        return kept_cu, longest
 
     def kept_rope(self, rope: Any) -> Any:
         for source, result in self._rope_cache:
@@ -67,10 +69,9 @@ class _PrunePlan:
     def kept_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The tower's keyword arguments for a block, restated for the kept tokens."""
         out = dict(kwargs)
-        cu = self.kept_cu(kwargs["cu_seqlens"])
-        out["cu_seqlens"] = cu
+        out["cu_seqlens"], longest = self.kept_cu(kwargs["cu_seqlens"])
         if out.get("max_seqlen") is not None:
-            out["max_seqlen"] = int((cu[1:] - cu[:-1]).max()) if cu.numel() > 1 else 0
+            out["max_seqlen"] = longest
         for name in ("position_embeddings", "rotary_pos_emb"):
             if out.get(name) is not None:
                 out[name] = self.kept_rope(out[name])
