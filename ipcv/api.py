@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import nn
 
-from ipcv.config import IPCVConfig
+from ipcv.config import IPCVConfig, LLMPruneConfig
 from ipcv.families import check_blocks, family_of
+from ipcv.llm import LLMPatch, LLMStats
 from ipcv.stats import VisionStats
 from ipcv.vision import VisionPatch
 
@@ -19,14 +21,24 @@ class IPCVHandle:
 
     ``vision_stats`` holds the statistics of the last completed call of the vision tower
     (``None`` before the first call and after a call that raised). Set ``time_overhead = True``
-    to time IPCV's own steps (adds one CUDA synchronisation per call on GPU).
+    to time IPCV's own steps (adds one CUDA synchronisation per call on GPU). ``llm_stats``
+    holds those of the last pruned prefill of the language model.
     """
 
-    def __init__(self, model: nn.Module, family: str, vision: VisionPatch | None) -> None:
+    def __init__(self, model: nn.Module, family: str, vision: VisionPatch | None, llm: LLMPatch | None = None) -> None:
         self.model = model
         self.family = family
         self._vision = vision
+        self._llm = llm
         self.active = True
+
+    @property
+    def llm_config(self) -> LLMPruneConfig | None:
+        return self._llm.config if self._llm else None
+
+    @property
+    def llm_stats(self) -> LLMStats | None:
+        return self._llm.last_stats if self._llm else None
 
     @property
     def vision_config(self) -> IPCVConfig | None:
@@ -45,11 +57,20 @@ class IPCVHandle:
         if self._vision:
             self._vision.time_overhead = bool(value)
 
+    def force_llm_selection(self, kept_image_positions: torch.Tensor | None) -> None:
+        """Make the next prefills keep exactly these image positions ``[B, n_keep]`` (``None``:
+        choose again). For replaying a selection, e.g. to recompute a pruned request without cache."""
+        if self._llm is None:
+            raise RuntimeError("no LLM-side pruning is installed on this model")
+        self._llm.force_kept_image_positions = kept_image_positions
+
     def remove(self) -> None:
         if not self.active:
             return
         if self._vision:
             self._vision.remove()
+        if self._llm:
+            self._llm.remove()
         self.model.__dict__.pop(_HANDLE_ATTR, None)
         self.active = False
 
@@ -61,26 +82,41 @@ class IPCVHandle:
 
     def __repr__(self) -> str:
         state = "active" if self.active else "removed"
-        return f"IPCVHandle({self.family}, vision={self.vision_config}, {state})"
+        return f"IPCVHandle({self.family}, vision={self.vision_config}, llm={self.llm_config}, {state})"
 
 
-def apply(model: nn.Module, *, vision: IPCVConfig | None = None) -> IPCVHandle:
+def apply(
+    model: nn.Module, *, vision: IPCVConfig | None = None, llm: LLMPruneConfig | None = None
+) -> IPCVHandle:
     """Patch ``model`` (a Qwen2-VL / Qwen2.5-VL model, or its vision tower) in place.
 
-    Only this instance changes: another model of the same class in the process is untouched.
-    Raises ``TypeError`` for an unsupported model and ``ValueError`` for settings that do not fit
-    it (e.g. more blocks named than the encoder has), before anything is patched.
+    ``vision``: IPCV inside the vision encoder; ``llm``: FastV / DART in the language model's
+    prefill (needs the whole model). Either or both. Only this instance changes: another model
+    of the same class in the process is untouched. Raises ``TypeError`` for an unsupported model
+    and ``ValueError`` for settings that do not fit it (e.g. more blocks named than the encoder
+    has), before anything is patched.
     """
     if vision is not None and not isinstance(vision, IPCVConfig):
         raise TypeError(f"vision must be an IPCVConfig, got {type(vision).__name__}")
+    if llm is not None and not isinstance(llm, LLMPruneConfig):
+        raise TypeError(f"llm must be an LLMPruneConfig, got {type(llm).__name__}")
     family = family_of(model)
     if model.__dict__.get(_HANDLE_ATTR) is not None:
         raise RuntimeError("this model is already patched by ipcv.apply; call .remove() on its handle first")
+    language_side = family.find_language_side(model) if llm is not None else None
+    if language_side is not None:
+        llm.check_depth(len(language_side[1].layers))
+        if language_side[0].__dict__.get("_ipcv_llm_patch") is not None:
+            raise RuntimeError("this language model is already patched by ipcv.apply; remove that patch first")
     patch = None
     if vision is not None:
         tower = family.find_tower(model)
         blocks = check_blocks(tower, family)
         patch = VisionPatch(tower, blocks, vision)
-    handle = IPCVHandle(model, family.name, patch)
+    llm_patch = None
+    if language_side is not None:
+        container, language_model, token_ids = language_side
+        llm_patch = LLMPatch(container, language_model, llm, token_ids)
+    handle = IPCVHandle(model, family.name, patch, llm_patch)
     model.__dict__[_HANDLE_ATTR] = handle
     return handle

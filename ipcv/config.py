@@ -90,3 +90,51 @@ class IPCVConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+_LLM_METHODS = ("dart", "fastv")
+
+
+def _fail_llm(field: str, value: Any, expected: str) -> None:
+    raise ValueError(f"LLMPruneConfig.{field} must be {expected}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class LLMPruneConfig:
+    """LLM-side pruning of image/video tokens during prefill (see docs/llm_pruning.md).
+
+    - ``method``: "dart" (duplication-aware: keep the image tokens least similar to pivots) or
+      "fastv" (keep the image tokens most attended by the last prompt token).
+    - ``layer`` (K'): the tokens leave the sequence from decoder layer K' on, chosen from what
+      layer K'-1 computed; K' >= 1.
+    - ``reduction_ratio`` (r'): share of image/video tokens removed, in [0, 1).
+    - ``pivot_image_tokens`` / ``pivot_text_tokens``: DART's pivots (4 + 4 in the authors' runs).
+    """
+
+    method: Literal["dart", "fastv"] = "dart"
+    layer: int = 2
+    reduction_ratio: float = 0.778
+    pivot_image_tokens: int = 4
+    pivot_text_tokens: int = 4
+
+    def __post_init__(self) -> None:
+        if self.method not in _LLM_METHODS:
+            _fail_llm("method", self.method, "one of " + ", ".join(repr(m) for m in _LLM_METHODS))
+        if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
+            _fail_llm("layer", self.layer, "an integer >= 1")
+        ratio = self.reduction_ratio
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
+            _fail_llm("reduction_ratio", ratio, "a number in [0, 1)")
+        for field in ("pivot_image_tokens", "pivot_text_tokens"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                _fail_llm(field, value, "an integer >= 0")
+        if self.method == "dart" and self.pivot_image_tokens + self.pivot_text_tokens == 0:
+            raise ValueError("LLMPruneConfig: DART needs at least one pivot (pivot_image_tokens + pivot_text_tokens >= 1)")
+
+    def check_depth(self, n_layers: int) -> None:
+        if self.layer >= n_layers:
+            _fail_llm("layer", self.layer, f"< the number of decoder layers ({n_layers})")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

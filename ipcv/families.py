@@ -33,6 +33,25 @@ class VisionFamily:
                 return tower
         raise ValueError(f"{type(model).__name__}: no {self.name} vision tower found")
 
+    def find_language_side(self, model: nn.Module) -> tuple[nn.Module, nn.Module, tuple[int, ...]]:
+        """The multimodal container (sees ``input_ids``), its language model, and the vision token ids."""
+        for container in (model, getattr(model, "model", None)):
+            language_model = getattr(container, "language_model", None)
+            if isinstance(language_model, nn.Module) and hasattr(language_model, "layers"):
+                config = getattr(container, "config", None)
+                ids = tuple(
+                    int(getattr(config, name))
+                    for name in ("image_token_id", "video_token_id")
+                    if getattr(config, name, None) is not None
+                )
+                if not ids:
+                    raise ValueError(f"{type(model).__name__}: config has no image/video token ids")
+                return container, language_model, ids
+        raise TypeError(
+            f"LLM-side pruning needs the whole {self.name} model ({', '.join(self.model_classes)}), "
+            f"not {type(model).__name__}"
+        )
+
 
 FAMILIES: tuple[VisionFamily, ...] = (
     VisionFamily(
