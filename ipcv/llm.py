@@ -39,6 +39,9 @@ class LLMStats:
     ``kept_positions [B, S']``: the prefill positions layers K'.. saw. ``kv_cache_bytes``: bytes
     of keys and values in the cache after the prefill (``None`` without a cache).
     ``last_token_attention [B, S]`` (FastV only): the scores it ranked by.
+    ``selection_flops``: matrix-product FLOPs (2 per multiply-add) the method itself spent:
+    FastV's extra q (one row) and k projections and its score row; DART's extra k projection and
+    its pivot-similarity products.
     """
 
     method: str
@@ -50,6 +53,7 @@ class LLMStats:
     kept_positions: torch.Tensor
     kv_cache_bytes: int | None = None
     last_token_attention: torch.Tensor | None = None
+    selection_flops: int = 0
 
 
 @dataclass
@@ -240,6 +244,7 @@ class LLMPatch:
         batch, length = vision.shape
         image_positions = vision.nonzero(as_tuple=True)[1].reshape(batch, -1)
         scores = None
+        pivots = 0
         if self.force_kept_image_positions is not None:
             kept_image = self.force_kept_image_positions.to(h_in.device).reshape(batch, -1)
         elif cfg.method == "fastv":
@@ -256,6 +261,7 @@ class LLMPatch:
                 last_image = int(image_positions[b, -1])
                 text = torch.arange(last_image + 1, length, device=h_in.device)
                 text = text[state["valid"][b].to(h_in.device)[text]]
+                pivots = min(cfg.pivot_image_tokens, image_positions.shape[1]) + min(cfg.pivot_text_tokens, text.numel())
                 rows.append(
                     alg.dart_keep(
                         states[b], key_l1[b], image_positions[b], text,
@@ -277,8 +283,23 @@ class LLMPatch:
             sequence_kept=keep.shape[1],
             kept_positions=keep,
             last_token_attention=scores,
+            selection_flops=self._selection_flops(layer, batch, length, image_positions.shape[1], pivots),
         )
         return pruned
+
+    def _selection_flops(self, layer: nn.Module, batch: int, length: int, n_image: int, pivots: int) -> int:
+        attn = layer.self_attn
+        width = attn.k_proj.in_features
+        key_width = attn.k_proj.out_features
+        flops = 2 * batch * length * width * key_width  # the key projection, recomputed
+        if self.force_kept_image_positions is not None:
+            return 0
+        if self.config.method == "fastv":
+            query_width = attn.q_proj.out_features
+            flops += 2 * batch * width * query_width + 2 * batch * length * query_width
+        else:
+            flops += 2 * batch * pivots * n_image * width
+        return flops
 
     def _last_token_attention(self, layer: nn.Module, h_in: torch.Tensor, kwargs: dict, valid: torch.Tensor) -> torch.Tensor:
         """Layer K'-1's attention row of the last prompt token, from its own q/k projections."""

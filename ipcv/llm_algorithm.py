@@ -74,13 +74,13 @@ def dart_keep(
     available = torch.ones(n_image, dtype=torch.bool, device=states.device)
     available[torch.isin(image_positions, image_pivots)] = False
     image_states = F.normalize(states[image_positions].float(), dim=-1)
+    similarities = image_states @ F.normalize(states[pivots].float(), dim=-1).T  # [n, pivots], one product
     chosen = [image_pivots]
-    for pivot in pivots:
+    for column in range(pivots.shape[0]):
         take = min(budget, int(available.sum()))
         if take == 0:
             break
-        similarity = image_states @ F.normalize(states[pivot].float(), dim=-1)
-        similarity = similarity.masked_fill(~available, float("inf"))
+        similarity = similarities[:, column].masked_fill(~available, float("inf"))
         picked = similarity.topk(take, largest=False).indices
         available[picked] = False
         chosen.append(image_positions[picked])

@@ -37,6 +37,15 @@ def _quantile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
 
 
+def summarize(samples: list[float], warmup: int, clock: str) -> Timing:
+    """Median and spread of millisecond samples."""
+    return Timing(statistics.median(samples), _quantile(samples, 0.1), _quantile(samples, 0.9), len(samples), warmup, clock)
+
+
+def clock_name(device: torch.device) -> str:
+    return "cuda-events" if device.type == "cuda" else "cpu-perf_counter"
+
+
 def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repeats: int = 10) -> Timing:
     if repeats < 1 or warmup < 0:
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
@@ -54,16 +63,60 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repe
             pairs.append((start, end))
         torch.cuda.synchronize(device)
         samples = [a.elapsed_time(b) for a, b in pairs]
-        clock = "cuda-events"
     else:
         for _ in range(repeats):
             t0 = time.perf_counter()
             fn()
             samples.append(1000.0 * (time.perf_counter() - t0))
-        clock = "cpu-perf_counter"
-    return Timing(
-        statistics.median(samples), _quantile(samples, 0.1), _quantile(samples, 0.9), repeats, warmup, clock
-    )
+    return summarize(samples, warmup, clock_name(device))
+
+
+class StageClock:
+    """Times the calls of given modules (e.g. the vision tower and the language model) from
+    forward hooks: CUDA events on GPU, read after one synchronisation in ``take()``;
+    ``perf_counter`` on CPU. Hooks are removed on exit."""
+
+    def __init__(self, stages: dict[str, torch.nn.Module], device: torch.device) -> None:
+        self.stages = stages
+        self.device = device
+        self._open: dict[str, Any] = {}
+        self._done: dict[str, list[Any]] = {name: [] for name in stages}
+        self._handles: list[Any] = []
+
+    def _now(self) -> Any:
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def __enter__(self) -> "StageClock":
+        for name, module in self.stages.items():
+            self._handles.append(module.register_forward_pre_hook(lambda m, a, n=name: self._start(n)))
+            self._handles.append(module.register_forward_hook(lambda m, a, o, n=name: self._stop(n), always_call=True))
+        return self
+
+    def _start(self, name: str) -> None:
+        self._open[name] = self._now()
+
+    def _stop(self, name: str) -> None:
+        if name in self._open:
+            self._done[name].append((self._open.pop(name), self._now()))
+
+    def __exit__(self, *exc: Any) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def take(self) -> dict[str, list[float]]:
+        """Milliseconds of every call since the last ``take``, per stage."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            out = {n: [a.elapsed_time(b) for a, b in pairs] for n, pairs in self._done.items()}
+        else:
+            out = {n: [1000.0 * (b - a) for a, b in pairs] for n, pairs in self._done.items()}
+        self._done = {name: [] for name in self.stages}
+        return out
 
 
 def provenance(device: torch.device) -> dict[str, Any]:
