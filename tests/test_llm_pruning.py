@@ -57,7 +57,12 @@ def test_kept_counts_follow_the_budgets(family, r_percent, two_images):
     with torch.no_grad():
         with ipcv.apply(model, llm=ipcv.LLMPruneConfig(method="fastv", layer=K, reduction_ratio=r_percent / 100)) as h:
             model(**request)
-            assert h.llm_stats.image_tokens_kept == [n * (100 - r_percent) // 100]
+            kept = n * (100 - r_percent) // 100
+            assert h.llm_stats.image_tokens_kept == [kept]
+            # float32 keys + values, 2 KV heads of 16: layers 0..K-1 hold all S positions, K..3 hold S'
+            length = request["input_ids"].shape[1]
+            per_position = 2 * 2 * 16 * 4
+            assert h.llm_stats.kv_cache_bytes == per_position * (K * length + (4 - K) * (length - n + kept))
         with ipcv.apply(model, llm=ipcv.LLMPruneConfig(method="dart", layer=K, reduction_ratio=r_percent / 100)) as h:
             model(**request)
             per_pivot = n * (100 - r_percent) // 100 // 8
@@ -166,17 +171,26 @@ def test_cached_decode_equals_no_cache_recompute_of_the_pruned_sequence(family, 
             assert int(logits.argmax()) == int(out.sequences[0, prompt_length + t])
 
 
-def test_stacked_with_ipcv_and_video(family, video):
+@pytest.mark.parametrize("method", ["fastv", "dart"])
+@pytest.mark.parametrize("kind", ["video", "two_images"])
+def test_stacked_with_ipcv_on_video_and_multi_image(family, method, kind, request):
     model = tiny(family)
-    request = multimodal_request(video, video=True)
+    inp = request.getfixturevalue(kind)
+    mm_request = multimodal_request(inp, video=kind == "video")
+    n = sum(t * h * w // 4 for t, h, w in inp.grid_thw.tolist())
+    cfg = ipcv.LLMPruneConfig(method=method, layer=K, reduction_ratio=0.778)
     with torch.no_grad():
-        with ipcv.apply(model, vision=ipcv.IPCVConfig(), llm=ipcv.LLMPruneConfig(method="fastv", layer=K)) as h:
-            generated = model.generate(**request, max_new_tokens=4, do_sample=False)
+        with ipcv.apply(model, vision=ipcv.IPCVConfig(), llm=cfg) as h:
+            generated = model.generate(**mm_request, max_new_tokens=4, do_sample=False)
             assert h.vision_stats.total_kept < h.vision_stats.total_in
-            n = 3 * 64 // 4
+            assert h.vision_stats.tokens_to_merger == h.vision_stats.tokens_in
             assert h.llm_stats.image_tokens_in == [n]
-            assert h.llm_stats.image_tokens_kept == [n * 222 // 1000]  # floor(n * (1 - 0.778))
-    assert generated.shape[1] == request["input_ids"].shape[1] + 4
+            if method == "fastv":
+                assert h.llm_stats.image_tokens_kept == [n * 222 // 1000]  # floor(n * (1 - 0.778))
+            else:
+                assert h.llm_stats.image_tokens_kept == [4 + 8 * int(n * 0.222 / 8)]
+            assert h.llm_stats.kv_cache_bytes is not None
+    assert generated.shape[1] == mm_request["input_ids"].shape[1] + 4
 
 
 def test_batch_with_left_padding_matches_single_rows(family):
