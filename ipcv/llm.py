@@ -190,6 +190,8 @@ class LLMPatch:
         if state is None or output is None or state["mode"] != "prefill" or state["pruned"] is None:
             return
         cache = state["cache"]
+        if cache is None:  # the language model made its own cache (use_cache without one given)
+            cache = getattr(output, "past_key_values", None) or getattr(output, "cache", None)
         if cache is not None:
             self._pruned_caches[cache] = state["pruned"]
         state["stats"].kv_cache_bytes = _cache_bytes(cache)
