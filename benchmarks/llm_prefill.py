@@ -14,7 +14,6 @@ KV-cache bytes. ``--size small`` is a reduced model for CPUs, labelled as such.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import traceback
@@ -25,6 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ipcv  # noqa: E402
+from benchmarks import common  # noqa: E402
 from pipeline.inputs import random_patches  # noqa: E402
 from pipeline.llm_flops import LLMDims, prefill_flops, record_llm_layout  # noqa: E402
 from pipeline.models import parse_dtype  # noqa: E402
@@ -158,16 +158,10 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser = common.parser(__doc__, resolutions="448,896,1344", warmup=3, repeats=10)
     parser.add_argument("--size", choices=sorted(SIZES), default="7b")
     parser.add_argument("--attn", default="sdpa")
-    parser.add_argument("--resolutions", default="448,896,1344")
-    parser.add_argument("--methods", default=",".join(METHODS))
-    parser.add_argument("--warmup", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     args = parser.parse_args()
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
     model = build_model(args.size, dtype, device, args.attn)
@@ -185,14 +179,9 @@ def main() -> None:
     meta = {
         "size": args.size, "size_config": SIZES[args.size], "dtype": args.dtype, "attn": args.attn,
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
-        "command": " ".join(["python", *sys.argv]),
+        "command": common.command_line(),
     }
-    table = markdown(rows, meta)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2, default=str))
-        args.out.with_suffix(".md").write_text(table + "\n")
+    common.save(args.out, meta, rows, markdown(rows, meta))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ package; recorded as unavailable where it is missing).
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import statistics
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import ipcv  # noqa: E402
+from benchmarks import common  # noqa: E402
 from pipeline.inputs import random_patches  # noqa: E402
 from pipeline.models import parse_dtype  # noqa: E402
 from pipeline.timing import provenance, time_call  # noqa: E402
@@ -143,19 +143,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--dtype", default="bfloat16")
+    parser = common.parser(__doc__, resolutions="448,896,1344", warmup=5, repeats=20)
     parser.add_argument("--size", choices=sorted(SIZES), default="7b")
     parser.add_argument("--attn", default="sdpa", help="comma list: eager, sdpa, sdpa-flash, flash_attention_2")
-    parser.add_argument("--resolutions", default="448,896,1344")
-    parser.add_argument("--warmup", type=int, default=5)
-    parser.add_argument("--repeats", type=int, default=20)
     parser.add_argument("--prune-layer", type=int, default=3)
     parser.add_argument("--reduction-ratio", type=float, default=0.65)
     parser.add_argument("--as-layers", type=int, default=7)
     parser.add_argument("--neighbors", type=int, default=10)
-    parser.add_argument("--out", type=Path, default=None, help="write JSON and Markdown with this stem")
     args = parser.parse_args()
 
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
@@ -183,14 +177,9 @@ def main() -> None:
     meta = {
         "size": args.size, "size_config": SIZES[args.size], "dtype": args.dtype, "ipcv": cfg.to_dict(),
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
-        "command": " ".join(["python", *sys.argv]),
+        "command": common.command_line(),
     }
-    table = markdown(rows, meta)
-    print(table)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.with_suffix(".json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
-        args.out.with_suffix(".md").write_text(table + "\n")
+    common.save(args.out, meta, rows, markdown(rows, meta))
 
 
 if __name__ == "__main__":

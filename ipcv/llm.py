@@ -30,6 +30,7 @@ from torch import nn
 
 from ipcv import llm_algorithm as alg
 from ipcv.config import LLMPruneConfig
+from ipcv.instance_patch import InstanceForwards
 
 
 @dataclass
@@ -133,12 +134,10 @@ class LLMPatch:
             language_model.register_forward_pre_hook(self._open, with_kwargs=True),
             language_model.register_forward_hook(self._close, with_kwargs=True, always_call=True),
         ]
-        self._saved_forwards: list[tuple[nn.Module, Any]] = []
+        self._forwards = InstanceForwards()
         for index, layer in enumerate(layers):
-            if index < config.layer - 1:
-                continue
-            self._saved_forwards.append((layer, layer.__dict__.get("forward")))
-            layer.forward = self._make_forward(index, layer, layer.forward)
+            if index >= config.layer - 1:
+                self._forwards.replace(index, layer, self._make_forward)
 
     # -- hooks ----------------------------------------------------------------------------
     def _remember_request(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -321,12 +320,7 @@ class LLMPatch:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        for layer, previous in self._saved_forwards:
-            if previous is None:
-                layer.__dict__.pop("forward", None)
-            else:
-                layer.forward = previous
-        self._saved_forwards = []
+        self._forwards.restore()
         self._state = None
         self._pruned_caches = weakref.WeakKeyDictionary()
         self.container.__dict__.pop("_ipcv_llm_patch", None)

@@ -29,6 +29,7 @@ from torch import nn
 
 from ipcv import algorithm as alg
 from ipcv.config import IPCVConfig
+from ipcv.instance_patch import InstanceForwards
 from ipcv.stats import OverheadTimer, VisionStats
 
 
@@ -107,15 +108,13 @@ class VisionPatch:
         self.time_overhead = False
         self.last_stats: VisionStats | None = None
         self._state: _ForwardState | None = None
-        self._saved_forwards: list[tuple[nn.Module, Any]] = []
+        self._forwards = InstanceForwards()
         self._hooks = [
             tower.register_forward_pre_hook(self._open, with_kwargs=True),
             tower.register_forward_hook(self._close, always_call=True),
         ]
         for index, block in enumerate(blocks):
-            previous = block.__dict__.get("forward")  # an instance-level forward (e.g. accelerate)
-            self._saved_forwards.append((block, previous))
-            block.forward = self._make_forward(index, block, block.forward)
+            self._forwards.replace(index, block, self._make_forward)
 
     # -- hooks on the tower ---------------------------------------------------------------
     def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -214,12 +213,7 @@ class VisionPatch:
         for hook in self._hooks:
             hook.remove()
         self._hooks = []
-        for block, previous in self._saved_forwards:
-            if previous is None:
-                block.__dict__.pop("forward", None)
-            else:
-                block.forward = previous
-        self._saved_forwards = []
+        self._forwards.restore()
         self._state = None
         self.tower.__dict__.pop("_ipcv_vision_patch", None)
 
