@@ -27,6 +27,7 @@ def kept_count(n_tokens: int, reduction_ratio: float) -> int:
     Exact arithmetic keeps e.g. ``floor(20 * (1 - 0.65))`` at 7 rather than trusting binary
     floating point; the floor of one keeps attention from ever running on an empty image.
     """
+    n_tokens = int(n_tokens)  # shapes are tensors under tracing (fvcore)
     if n_tokens <= 0:
         return 0
     keep = math.floor(n_tokens * (1 - Fraction(repr(float(reduction_ratio)))))
@@ -54,7 +55,7 @@ def select_tokens(
     scores: torch.Tensor, cu: torch.Tensor, reduction_ratio: float, budget: Budget
 ) -> torch.Tensor:
     """Sorted indices of the tokens to keep: the highest scores, over the request or per segment."""
-    n_tokens = scores.shape[0]
+    n_tokens = int(scores.shape[0])  # a plain int also under tracing (fvcore)
     if budget == "global":
         keep = kept_count(n_tokens, reduction_ratio)
         kept = torch.topk(scores, keep, sorted=False).indices

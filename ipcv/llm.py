@@ -193,7 +193,7 @@ class LLMPatch:
             cache = getattr(output, "past_key_values", None) or getattr(output, "cache", None)
         if cache is not None:
             self._pruned_caches[cache] = state["pruned"]
-        state["stats"].kv_cache_bytes = _cache_bytes(cache)
+        state["stats"].kv_cache_bytes = cache_bytes(cache)
         self.last_stats = state["stats"]
 
     # -- layers ---------------------------------------------------------------------------
@@ -242,7 +242,7 @@ class LLMPatch:
     def _select(self, layer: nn.Module, state: dict, h_in: torch.Tensor, h_out: torch.Tensor, kwargs: dict) -> _Pruned:
         cfg = self.config
         vision = state["vision"].to(h_in.device)
-        batch, length = vision.shape
+        batch, length = (int(d) for d in vision.shape)
         image_positions = vision.nonzero(as_tuple=True)[1].reshape(batch, -1)
         scores = None
         pivots = 0
@@ -332,7 +332,8 @@ def _heads(x: torch.Tensor, head_dim: int) -> torch.Tensor:
     return x.view(batch, length, -1, head_dim).transpose(1, 2)
 
 
-def _cache_bytes(cache: Any) -> int | None:
+def cache_bytes(cache: Any) -> int | None:
+    """Bytes of keys and values held by a (layered) transformers cache; None without one."""
     layers = getattr(cache, "layers", None)
     if cache is None or layers is None:
         return None

@@ -162,7 +162,7 @@ class VisionPatch:
 
     def _plan(self, state: _ForwardState, h_before: torch.Tensor, h_after: torch.Tensor) -> _PrunePlan:
         cfg = self.config
-        n_tokens = h_after.shape[0]
+        n_tokens = int(h_after.shape[0])
         if int(state.frame_cu[-1]) != n_tokens:
             raise ValueError(
                 f"grid_thw describes {int(state.frame_cu[-1])} patches but the vision tower "

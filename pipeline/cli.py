@@ -26,42 +26,74 @@ def main() -> None:
     hf_logging.set_verbosity_error()
 
 
+# Options shared by the commands: one definition each.
+MODEL = typer.Option("tiny-qwen2-vl", help="Preset name (tiny-qwen2-vl, tiny-qwen2.5-vl), hub id or local path.")
+RESOLUTION = typer.Option(448, help="Image side in pixels (a multiple of 28).")
+PRUNE_LAYER = typer.Option(3, help="IPCV K: tokens scored by block K-1, pruned from block K on (>= 2).")
+REDUCTION_RATIO = typer.Option(0.65, help="IPCV r: share of vision tokens removed, in [0, 1).")
+AS_LAYERS = typer.Option(7, help="IPCV A: Attention Stabilization blocks.")
+NEIGHBORS = typer.Option(10, help="IPCV k: neighbours for reconstruction.")
+BUDGET = typer.Option("global", help="IPCV budget: global (as published) or per_image.")
+NEIGHBOR_SCOPE = typer.Option("global", help="IPCV neighbour scope: global (as published) or same_image.")
+SELECTION = typer.Option("feature_diff", help="IPCV selection: feature_diff (the paper) or random (control).")
+RESTORE = typer.Option("ngr", help="IPCV restoration: ngr or frozen (no-NGR ablation).")
+DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
+DEVICE = typer.Option("cpu", help="cpu or cuda[:N].")
+SEED = typer.Option(0, help="Seed of the tiny model's weights and of the synthetic inputs.")
+JSON_OUT = typer.Option(None, "--json", help="Also write the result as JSON here.")
+
+
+def _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed):
+    import ipcv
+
+    return ipcv.IPCVConfig(
+        prune_layer=prune_layer, reduction_ratio=reduction_ratio, as_layers=as_layers, neighbors=neighbors,
+        budget=budget, neighbor_scope=neighbor_scope, selection=selection, restore=restore, seed=seed,
+    )
+
+
+def _fail(err: Exception, code: int = 2) -> None:
+    console.print(f"[red]error:[/red] {err}")
+    raise typer.Exit(code) from None
+
+
+def _write_json(path: Optional[Path], text: str) -> None:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        console.print(f"wrote {path}")
+
+
 @app.command()
 def demo(
-    model: str = typer.Option("tiny-qwen2-vl", help="Preset name (tiny-qwen2-vl, tiny-qwen2.5-vl), hub id or local path."),
-    resolution: int = typer.Option(448, help="Image side in pixels (a multiple of 28)."),
+    model: str = MODEL,
+    resolution: int = RESOLUTION,
     images: int = typer.Option(2, min=1, help="Images in the request."),
-    prune_layer: int = typer.Option(3, help="K: prune after block K-1 (>= 2)."),
-    reduction_ratio: float = typer.Option(0.65, help="r: share of vision tokens removed, in [0, 1)."),
-    as_layers: int = typer.Option(7, help="A: Attention Stabilization blocks."),
-    neighbors: int = typer.Option(10, help="k: neighbours for reconstruction."),
-    budget: str = typer.Option("global", help="global (as published) or per_image."),
-    neighbor_scope: str = typer.Option("global", help="global (as published) or same_image."),
-    selection: str = typer.Option("feature_diff", help="feature_diff (the paper) or random (control)."),
-    restore: str = typer.Option("ngr", help="ngr or frozen (no-NGR ablation)."),
-    dtype: str = typer.Option("float32", help="float32, bfloat16 or float16."),
-    device: str = typer.Option("cpu", help="cpu or cuda."),
-    seed: int = typer.Option(0, help="Seed of the tiny model's weights and of the images."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the result as JSON here."),
+    prune_layer: int = PRUNE_LAYER,
+    reduction_ratio: float = REDUCTION_RATIO,
+    as_layers: int = AS_LAYERS,
+    neighbors: int = NEIGHBORS,
+    budget: str = BUDGET,
+    neighbor_scope: str = NEIGHBOR_SCOPE,
+    selection: str = SELECTION,
+    restore: str = RESTORE,
+    dtype: str = DTYPE,
+    device: str = DEVICE,
+    seed: int = SEED,
+    json_out: Optional[Path] = JSON_OUT,
 ) -> None:
     """Run IPCV on one request's vision encoder: kept tokens, FLOPs saved, feature fidelity."""
-    import ipcv
     from pipeline.inputs import synthetic_images
     from pipeline.models import load_model
     from pipeline.vision_measure import compare_vision
 
     try:
-        config = ipcv.IPCVConfig(
-            prune_layer=prune_layer, reduction_ratio=reduction_ratio, as_layers=as_layers,
-            neighbors=neighbors, budget=budget, neighbor_scope=neighbor_scope,
-            selection=selection, restore=restore, seed=seed,
-        )
+        config = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed)
         inp = synthetic_images(resolution, images, seed=seed)
         loaded = load_model(model, dtype=dtype, device=device, seed=seed)
         result = compare_vision(loaded, inp, config)
     except (ValueError, TypeError) as err:
-        console.print(f"[red]error:[/red] {err}")
-        raise typer.Exit(2) from None
+        _fail(err)
 
     table = Table(title=f"IPCV on {model} vision encoder: {inp.description} ({dtype}, {device})")
     table.add_column("image")
@@ -80,11 +112,133 @@ def demo(
         f"fidelity: cosine similarity of LLM-bound visual features to the unpatched encoder: "
         f"mean {result.cosine_mean:.4f}, min {result.cosine_min:.4f} (random weights: fidelity, not accuracy)"
     )
-    if json_out is not None:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        payload = {"model": model, "input": inp.description, "config": config.to_dict(), **result.__dict__}
-        json_out.write_text(json.dumps(payload, indent=2))
-        console.print(f"wrote {json_out}")
+    payload = {"model": model, "input": inp.description, "config": config.to_dict(), **result.__dict__}
+    _write_json(json_out, json.dumps(payload, indent=2))
+
+
+@app.command()
+def profile(
+    model: str = MODEL,
+    resolution: int = RESOLUTION,
+    images: int = typer.Option(1, min=1, help="Synthetic images in the request (ignored with --image or --video-frames)."),
+    image: Optional[list[Path]] = typer.Option(None, help="An image file to send (repeat for several)."),
+    video_frames: int = typer.Option(0, min=0, help="Send a synthetic video of this many frames (even) instead of images."),
+    prompt: str = typer.Option("Describe the picture in one sentence.", help="Text of the request."),
+    ipcv_on: bool = typer.Option(True, "--ipcv/--no-ipcv", help="Compress the vision encoder with IPCV."),
+    prune_layer: int = PRUNE_LAYER,
+    reduction_ratio: float = REDUCTION_RATIO,
+    as_layers: int = AS_LAYERS,
+    neighbors: int = NEIGHBORS,
+    budget: str = BUDGET,
+    neighbor_scope: str = NEIGHBOR_SCOPE,
+    selection: str = SELECTION,
+    restore: str = RESTORE,
+    llm_method: str = typer.Option("none", help="LLM-side pruning: none, dart or fastv."),
+    llm_layer: int = typer.Option(2, help="LLM pruning layer K' (>= 1)."),
+    llm_ratio: float = typer.Option(0.778, help="LLM pruning ratio r' of image/video tokens, in [0, 1)."),
+    dtype: str = DTYPE,
+    attn: str = typer.Option("sdpa", help="Attention implementation: eager, sdpa or flash_attention_2."),
+    device: str = DEVICE,
+    max_new_tokens: int = typer.Option(8, min=1, help="Tokens to generate (decode stage)."),
+    warmup: int = typer.Option(1, min=0, help="Untimed requests before timing."),
+    repeats: int = typer.Option(3, min=1, help="Timed requests."),
+    flops: bool = typer.Option(True, "--flops/--no-flops", help="Also count FLOPs with fvcore and FlopCounterMode."),
+    seed: int = SEED,
+    json_out: Optional[Path] = JSON_OUT,
+) -> None:
+    """Measure one request stage by stage: preprocess, vision, prefill, decode, end to end."""
+    import ipcv
+    from pipeline.models import load_model
+    from pipeline.profiler import ProfileError, ProfileSettings
+    from pipeline.profiler import profile as run_profile
+    from pipeline.requests import RequestSpec, synthetic_spec
+
+    try:
+        vision = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed) if ipcv_on else None
+        if llm_method not in ("none", "dart", "fastv"):
+            raise ValueError(f"--llm-method must be one of none, dart, fastv; got {llm_method!r}")
+        llm = ipcv.LLMPruneConfig(method=llm_method, layer=llm_layer, reduction_ratio=llm_ratio) if llm_method != "none" else None
+        settings = ProfileSettings(warmup=warmup, repeats=repeats, max_new_tokens=max_new_tokens, count_flops=flops)
+        if image:
+            from PIL import Image
+
+            from pipeline.inputs import check_resolution
+
+            check_resolution(resolution)
+            missing = [str(p) for p in image if not p.is_file()]
+            if missing:
+                raise ValueError(f"image file(s) not found: {', '.join(missing)}")
+            spec = RequestSpec([Image.open(p).convert("RGB") for p in image], [], prompt, resolution)
+        else:
+            from pipeline.inputs import check_resolution
+
+            check_resolution(resolution)
+            spec = synthetic_spec(resolution, images=images, video_frames=video_frames, seed=seed, prompt=prompt)
+        loaded = load_model(model, dtype=dtype, attn_implementation=attn, device=device, seed=seed)
+        processor = None
+        if not _is_preset(model):
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(model)
+        report = run_profile(loaded, spec, model_name=model, vision=vision, llm=llm, settings=settings, processor=processor)
+    except ProfileError as err:
+        _fail(err, code=1)
+    except (ValueError, TypeError, ImportError) as err:
+        _fail(err)
+    _print_profile(report)
+    _write_json(json_out, report.to_json())
+
+
+def _is_preset(name: str) -> bool:
+    from pipeline.models import PRESETS
+
+    return name in PRESETS
+
+
+_TOKEN_LABELS = {
+    "vision": ("patches_in", "kept_after_prune_layer", "to_merger", "visual_tokens_out"),
+    "prefill": ("sequence", "visual_tokens_in", "visual_tokens_kept", "sequence_after_pruning"),
+    "decode": ("generated",),
+}
+
+
+def _print_profile(report) -> None:
+    p = report.provenance
+    table = Table(
+        title=f"{report.model}: {report.request} — {p['device']} ({p['device_type']}), {p['dtype']}, "
+        f"{p['attn_implementation']}, batch {p['batch_size']}, torch {p['torch']}, transformers {p['transformers']}"
+    )
+    for column in ("stage", "ms: median [p10, p90]", "peak MiB", "GFLOPs: analytic / fvcore / FlopCounterMode", "tokens"):
+        table.add_column(column)
+    clocks = set()
+    for name, stage in report.stages.items():
+        t = stage.time
+        if t:
+            clocks.add(f"{name} {t.clock}")
+        timing = f"{t.median_ms:.2f} [{t.p10_ms:.2f}, {t.p90_ms:.2f}]" if t else "not measured"
+        memory = f"{stage.peak_memory_bytes / 2**20:.1f}" if stage.peak_memory_bytes is not None else "n/m"
+        flops = " / ".join(
+            "-" if stage.flops.get(route) is None else f"{stage.flops[route] / 1e9:.3f}"
+            for route in ("analytic", "fvcore", "flop_counter")
+        ) if stage.flops else ""
+        tokens = " → ".join(str(stage.tokens[k]) for k in _TOKEN_LABELS.get(name, ()) if k in stage.tokens)
+        table.add_row(name, timing, memory, flops, tokens)
+    console.print(table)
+    console.print(
+        "tokens: vision patches in → kept after block K-1 → to merger → visual tokens out; prefill sequence → "
+        "visual tokens in → kept → sequence after pruning; decode tokens generated. Clocks: " + ", ".join(sorted(clocks))
+    )
+    if report.decode_per_token:
+        d = report.decode_per_token
+        console.print(f"decode per token: {d.median_ms:.2f} ms [{d.p10_ms:.2f}, {d.p90_ms:.2f}]")
+    if report.ipcv_overhead_ms:
+        console.print("IPCV overhead ms (separate runs): " + ", ".join(f"{k} {v:.2f}" for k, v in report.ipcv_overhead_ms.items()))
+    kv = "not measured" if report.kv_cache_bytes is None else f"{report.kv_cache_bytes / 2**20:.2f} MiB"
+    console.print(f"KV cache after prefill: {kv}. {report.flop_convention}")
+    if report.uncounted_ops:
+        console.print(f"[yellow]fvcore could not count:[/yellow] {report.uncounted_ops}")
+    for line in report.not_measured:
+        console.print(f"[yellow]not measured:[/yellow] {line}")
 
 
 if __name__ == "__main__":

@@ -1,10 +1,9 @@
 """Analytic FLOPs of the language model's prefill for the tokens that actually flowed through it.
 
 Convention as for the vision encoder (2 FLOPs per multiply-add, matrix products only). Per decoder
-layer with ``n`` tokens: q/k/v/o projections ``2 n D (H hd + 2 Hkv hd) + 2 n H hd D``; causal
-attention ``2 * 2 * H * hd * n (n + 1) / 2`` (each query attends to itself and the positions
-before it: the work a causal kernel does, not the n^2 an eager mask computes); gated MLP
-``2 * 3 * n * D * I``. The LM head ``2 * n_logits * D * V`` is counted for the positions whose
+layer with ``n`` tokens: q/k/v/o projections ``2 n D (H hd + 2 Hkv hd) + 2 n H hd D``; attention
+``2 * 2 * H * hd * n^2`` (all query-key pairs, as FastV's formula and eager or masked-sdpa kernels
+compute them; a causal flash kernel skips about half); gated MLP ``2 * 3 * n * D * I``. The LM head ``2 * n_logits * D * V`` is counted for the positions whose
 logits were computed (all of them in ``model(...)``, the last one in ``generate``'s prefill).
 Token counts per layer are recorded by hooks, so pruning is counted as it happened.
 """
@@ -75,7 +74,7 @@ def prefill_flops(dims: LLMDims, layout: LLMLayout, selection_flops: int = 0) ->
     for rows in layout.layer_tokens:
         for n in rows:
             parts["attn_proj"] += 2 * n * d * (dims.heads * hd + 2 * dims.kv_heads * hd) + 2 * n * dims.heads * hd * d
-            parts["attn_scores"] += 2 * dims.heads * hd * n * (n + 1)
+            parts["attn_scores"] += 2 * 2 * dims.heads * hd * n * n
             parts["mlp"] += 2 * 3 * n * d * dims.intermediate
     parts["lm_head"] = 2 * layout.logits_positions * d * dims.vocab
     parts["total"] = sum(parts.values())

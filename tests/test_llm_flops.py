@@ -1,7 +1,7 @@
 """Analytic prefill FLOPs against FlopCounterMode on the language model of a real forward.
 
-Eager attention, so that the counter sees attention as matmuls; eager computes all n^2 query-key
-pairs where the analytic convention counts the causal n(n+1)/2, which the comparison accounts for.
+Eager attention, so that the counter sees attention as matmuls (FlopCounterMode counts 0 for
+sdpa on CPU with torch 2.13); both count all n^2 query-key pairs.
 """
 
 import pytest
@@ -33,10 +33,9 @@ def test_prefill_flops_match_the_counter(family, llm, two_images):
     counted = sum(counts[language_key].values()) - rotary + sum(counts[head_key].values())
     selection = handle.llm_stats.selection_flops if handle else 0
     parts = prefill_flops(dims, layout, selection)
-    eager_pairs = sum(4 * dims.heads * dims.head_dim * n * n for rows in layout.layer_tokens for n in rows)
     # FastV's own work (q of one row, k of all, the score row) runs inside the language model,
     # so the counter sees it: the analytic selection figure must match it as well.
-    assert counted == parts["total"] - parts["attn_scores"] + eager_pairs
+    assert counted == parts["total"]
     if handle:
         assert selection > 0
         handle.remove()
