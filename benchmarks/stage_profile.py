@@ -92,7 +92,7 @@ def main() -> None:
             rows.append(row)
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.with_name(f"{args.out.name}_{res}_{name}.json").write_text(json.dumps(row, indent=2, default=str))
+                args.out.with_name(f"{args.out.name}_{res}_{name.replace('+', '_')}.json").write_text(json.dumps(row, indent=2, default=str))
             print(f"done {res} {name}", flush=True)
     meta = {"size": args.size, "dtype": args.dtype, "attn": args.attn, "warmup": args.warmup, "repeats": args.repeats,
             "max_new_tokens": args.max_new_tokens, "command": common.command_line()}
