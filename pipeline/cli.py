@@ -241,5 +241,72 @@ def _print_profile(report) -> None:
         console.print(f"[yellow]not measured:[/yellow] {line}")
 
 
+@app.command()
+def run(
+    profile_path: Path = typer.Argument(..., metavar="PROFILE", help="Sweep profile (YAML), e.g. profiles/smoke.yaml."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the profile's output_dir)."),
+    address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray on 127.0.0.1)."),
+    node_ip: Optional[str] = typer.Option(None, help="This machine's IP as the cluster at --address knows it."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells already finished in --out (a rerun resumes too)."),
+    wandb_mode: Optional[str] = typer.Option(None, help="Override the profile's W&B mode: offline, online or disabled."),
+) -> None:
+    """Run a sweep: every cell of the profile on Ray, results to Parquet and W&B, resumable."""
+    import shutil
+
+    from pipeline.spec import ProfileError, load_spec
+    from pipeline.sweep import run_sweep
+
+    try:
+        spec = load_spec(profile_path)
+        if wandb_mode is not None:
+            if wandb_mode not in ("offline", "online", "disabled"):
+                raise ProfileError(f"--wandb-mode must be offline, online or disabled, got {wandb_mode!r}")
+            spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"mode": wandb_mode})})
+        from pipeline.grid import expand
+
+        cells = expand(spec)
+    except ProfileError as err:
+        _fail(err)
+    out_dir = out or Path(spec.output_dir)
+    if not resume and (out_dir / "cells").exists():
+        shutil.rmtree(out_dir / "cells")
+    console.print(f"sweep [bold]{spec.name}[/bold]: {len(cells)} cells -> {out_dir}")
+    summary = run_sweep(spec, out_dir, address=address, node_ip_address=node_ip)
+    _print_sweep(summary)
+    if summary.interrupted:
+        raise typer.Exit(130)
+
+
+def _print_sweep(summary) -> None:
+    import pandas as pd
+
+    table = pd.read_parquet(summary.results) if summary.results.exists() else pd.DataFrame()
+    if not table.empty:
+        ok = table[table.status == "ok"]
+        view = Table(title="Sweep summary (medians; CPU figures are CPU time; fidelity is agreement with the uncompressed model)")
+        for column in ("model", "input", "method", "vision ms", "prefill ms", "GFLOPs", "answer match", "feature cos"):
+            view.add_column(column)
+        grouped = ok.groupby(["model", "input_kind", "group_resolution", "method"], dropna=False)
+        for (model, kind, res, method), g in grouped:
+            view.add_row(
+                str(model), f"{kind} {res}", str(method),
+                f"{g['vision_ms'].median():.1f}", f"{g['prefill_ms'].median():.1f}",
+                f"{g['total_flops'].median() / 1e9:.2f}",
+                f"{g['fidelity_answer_match'].mean():.2f}",
+                "-" if g["fidelity_feature_cosine"].isna().all() else f"{g['fidelity_feature_cosine'].mean():.4f}",
+            )
+        console.print(view)
+        failed = table[table.status != "ok"]
+        for _, row in failed.iterrows():
+            console.print(f"[red]failed[/red] {row['model']} {row['input_kind']} {row['resolution']} {row['method']}: {row['error']}")
+    console.print(
+        f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done (of {summary.total}); "
+        f"wall {summary.wall_s:.1f} s for {summary.cell_s:.1f} s of cell time; "
+        f"model loads per worker: {summary.loads_per_worker or '-'}"
+        + (f"; W&B failures: {summary.wandb_failures} (local results kept)" if summary.wandb_failures else "")
+    )
+    console.print(f"results: {summary.results}")
+
+
 if __name__ == "__main__":
     app()

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub (set before transformers loads)
+# Ray resolves "127.0.0.1" in a cluster address to this machine's outward IP unless told that this
+# is a single-machine setup; tests keep every Ray process on the loopback address.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402

@@ -1,0 +1,183 @@
+"""Running cells: a ``CellRunner`` holds one loaded model and measures that model's cells in turn.
+
+``ModelWorker`` is the same runner as a Ray actor (one per GPU or GPU group, or per CPU slot).
+A cell that raises (a CUDA OOM, a bad setting) returns a ``failed`` row with its error; only a
+dead worker makes the driver retry a cell. A model that cannot be loaded fails each of its
+cells with the load error.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from typing import Any
+
+import torch
+
+import ipcv
+from pipeline import fidelity
+from pipeline.grid import Cell, InputSpec
+from pipeline.models import load_model
+from pipeline.profiler import ProfileSettings, profile
+from pipeline.requests import RequestBuilder, synthetic_spec
+from pipeline.spec import ModelSpec
+
+
+def _device(model: ModelSpec) -> str:
+    return "cuda" if model.gpus > 0 and torch.cuda.is_available() else "cpu"
+
+
+def _spec_of(inp: InputSpec):
+    return synthetic_spec(inp.resolution, images=inp.count, video_frames=inp.frames, prompt=inp.prompt)
+
+
+class CellRunner:
+    def __init__(self, model: ModelSpec) -> None:
+        self.spec = model
+        self.loads = 0
+        self.worker_id = f"{socket.gethostname()}:{os.getpid()}"
+        self.model = None
+        self.load_error: str | None = None
+        try:
+            self.model = load_model(model.name, dtype=model.dtype, attn_implementation=model.attn_implementation,
+                                    device=_device(model), seed=model.seed)
+            self.loads += 1
+        except Exception as err:  # a bad checkpoint fails its cells, not the sweep
+            self.load_error = f"model load failed: {type(err).__name__}: {err}"
+        self.processor = None  # real checkpoints: set from AutoProcessor when available
+        if self.model is not None and not _is_preset(model.name):
+            try:
+                from transformers import AutoProcessor
+
+                self.processor = AutoProcessor.from_pretrained(model.name)
+            except Exception:  # fall back to the built-in request builder
+                self.processor = None
+
+    def info(self) -> dict[str, Any]:
+        return {"worker_id": self.worker_id, "loads": self.loads, "model": self.spec.name}
+
+    def reference(self, inp: InputSpec, max_new_tokens: int) -> fidelity.Outputs | None:
+        """Uncompressed outputs for one input (computed once per model x input by the driver)."""
+        if self.model is None:
+            return None
+        request = self._request(inp)
+        return fidelity.collect(self.model, request, max_new_tokens)
+
+    def _request(self, inp: InputSpec) -> dict[str, torch.Tensor]:
+        params = next(self.model.parameters())
+        built = RequestBuilder(self.model, self.processor)(_spec_of(inp))
+        return {k: (v.to(params.device, params.dtype) if k.startswith("pixel_values") else v.to(params.device))
+                for k, v in built.items()}
+
+    def run(self, cell: Cell, reference: fidelity.Outputs | None, attempt: int = 1) -> dict[str, Any]:
+        started = time.time()
+        row = base_row(cell)
+        row.update(worker_id=self.worker_id, worker_loads=self.loads, attempts=attempt,
+                   started_at=started, node_id=_node_id())
+        try:
+            if self.model is None:
+                raise RuntimeError(self.load_error)
+            row.update(self._measure(cell, reference))
+            row["status"], row["error"] = "ok", None
+        except Exception as err:
+            row["status"] = "failed"
+            kind = "CUDA out of memory" if isinstance(err, torch.cuda.OutOfMemoryError) else type(err).__name__
+            row["error"] = f"{kind}: {err}"[:2000]
+            row["traceback"] = traceback.format_exc()[-4000:]
+        row["finished_at"] = time.time()
+        row["duration_s"] = row["finished_at"] - started
+        return row
+
+    def _measure(self, cell: Cell, reference: fidelity.Outputs | None) -> dict[str, Any]:
+        m = cell.measurement
+        vision = ipcv.IPCVConfig(**cell.vision) if cell.vision else None
+        llm = ipcv.LLMPruneConfig(**cell.llm) if cell.llm else None
+        settings = ProfileSettings(warmup=m["warmup"], repeats=m["repeats"], max_new_tokens=m["max_new_tokens"],
+                                   count_flops=m["count_flops"])
+        report = profile(self.model, _spec_of(cell.input), model_name=cell.model.name, vision=vision, llm=llm,
+                         settings=settings, processor=self.processor)
+        out = flatten_report(report)
+        if reference is not None:
+            handle = ipcv.apply(self.model, vision=vision, llm=llm) if (vision or llm) else None
+            try:
+                run = fidelity.collect(self.model, self._request(cell.input), m["max_new_tokens"])
+            finally:
+                if handle:
+                    handle.remove()
+            out.update(fidelity.compare(reference, run))
+        return out
+
+
+def _node_id() -> str | None:
+    try:
+        import ray
+
+        return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+    except Exception:
+        return None
+
+
+def _is_preset(name: str) -> bool:
+    from pipeline.models import PRESETS
+
+    return name in PRESETS
+
+
+def base_row(cell: Cell) -> dict[str, Any]:
+    """The config columns of a cell's row."""
+    vision, llm = cell.vision or {}, cell.llm or {}
+    return {
+        "cell_id": cell.id,
+        "model": cell.model.name,
+        "dtype": cell.model.dtype,
+        "attn_implementation": cell.model.attn_implementation,
+        "gpus_per_worker": cell.model.gpus,
+        "input_kind": cell.input.kind,
+        "resolution": cell.input.resolution,
+        "group_resolution": cell.input.group_resolution,
+        "images": cell.input.count if cell.input.kind == "image" else 0,
+        "frames": cell.input.frames,
+        "method": cell.method,
+        **{f"ipcv_{k}": vision.get(k) for k in ("prune_layer", "reduction_ratio", "as_layers", "neighbors",
+                                                 "selection", "restore", "budget", "neighbor_scope")},
+        **{f"llm_{k}": llm.get(k) for k in ("method", "layer", "reduction_ratio")},
+        "status": "pending",
+        "error": None,
+    }
+
+
+def flatten_report(report) -> dict[str, Any]:
+    """Metric columns, each named with its unit."""
+    out: dict[str, Any] = {}
+    for name, stage in report.stages.items():
+        if stage.time is not None:
+            out[f"{name}_ms"] = stage.time.median_ms
+            out[f"{name}_ms_p10"] = stage.time.p10_ms
+            out[f"{name}_ms_p90"] = stage.time.p90_ms
+        out[f"{name}_peak_bytes"] = stage.peak_memory_bytes
+        for route, value in stage.flops.items():
+            out[f"{name}_flops" if route == "analytic" else f"{name}_flops_{route}"] = value
+    out["decode_ms_per_token"] = report.decode_per_token.median_ms if report.decode_per_token else None
+    out["kv_cache_bytes"] = report.kv_cache_bytes
+    v, p = report.stages["vision"].tokens, report.stages["prefill"].tokens
+    out["vision_tokens_in"] = v.get("patches_in")
+    out["vision_tokens_kept"] = v.get("kept_after_prune_layer")
+    out["llm_visual_tokens_in"] = p.get("visual_tokens_in")
+    out["llm_visual_tokens_kept"] = p.get("visual_tokens_kept")
+    out["total_flops"] = (out.get("vision_flops") or 0) + (out.get("prefill_flops") or 0)
+    out["clock"] = report.stages["vision"].time.clock if report.stages["vision"].time else None
+    prov = report.provenance
+    out.update(device=prov.get("device"), device_type=prov.get("device_type"), torch_version=prov.get("torch"),
+               transformers_version=prov.get("transformers"), ipcv_version=ipcv.__version__)
+    out["not_measured"] = "; ".join(report.not_measured) or None
+    return out
+
+
+try:
+    import ray
+
+    ModelWorker = ray.remote(CellRunner)
+except ImportError:  # the study's Ray parts need ray; the rest does not
+    ModelWorker = None

@@ -1,0 +1,42 @@
+"""Run a sweep from inside a Ray cluster: the entry point for ``ray submit`` and ``ray job submit``.
+
+    ray up ray_cluster.yaml
+    ray submit ray_cluster.yaml scripts/launch_sweep.py -- profiles/qwen2-vl-7b.yaml --out /home/ubuntu/results/qwen2-vl-7b
+    ray job submit --address http://HEAD:8265 --working-dir . -- python scripts/launch_sweep.py profiles/smoke.yaml
+
+Connects to the running cluster (``address="auto"``) and otherwise behaves like ``ipcv-study run``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from pipeline.spec import ProfileError, load_spec  # noqa: E402
+from pipeline.sweep import run_sweep  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("profile", type=Path)
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--address", default="auto", help="Ray address to join (default: the cluster this runs in)")
+    parser.add_argument("--node-ip-address", default=None, help="this node's IP as the cluster knows it (e.g. 127.0.0.1)")
+    args = parser.parse_args()
+    try:
+        spec = load_spec(args.profile)
+    except ProfileError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    summary = run_sweep(spec, args.out or Path(spec.output_dir), address=args.address, progress=False,
+                        node_ip_address=args.node_ip_address)
+    print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done (of {summary.total}); "
+          f"wall {summary.wall_s:.1f} s; loads per worker {summary.loads_per_worker}; results {summary.results}")
+    return 130 if summary.interrupted else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,47 @@
+"""A sweep submitted as a Ray job to a local head (`ray start --head` on 127.0.0.1) completes.
+
+In its own module so that no simulated cluster of another test module is alive meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import ray
+
+from pipeline.grid import expand
+from pipeline.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.ray
+
+
+@pytest.mark.slow
+def test_job_submitted_to_a_local_head_completes(tmp_path):
+    if ray.is_initialized():
+        ray.shutdown()
+    # one machine, loopback only: no cluster address resolution and no token auth between our own processes
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    start = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391", "--dashboard-host=127.0.0.1",
+             "--dashboard-port=8291", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"]
+    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
+    try:
+        out = tmp_path / "job"
+        job = subprocess.run(
+            [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8291", "--",
+             sys.executable, str(ROOT / "scripts" / "launch_sweep.py"), str(ROOT / "profiles" / "tiny-test.yaml"),
+             "--out", str(out), "--node-ip-address", "127.0.0.1"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+        assert job.returncode == 0, (job.stdout + job.stderr)[-1500:]
+        assert "succeeded" in (job.stdout + job.stderr).lower()
+        table = pd.read_parquet(out / "results.parquet")
+        assert len(table) == len(expand(load_spec(ROOT / "profiles" / "tiny-test.yaml"))) and (table.status == "ok").all()
+    finally:
+        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
