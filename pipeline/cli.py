@@ -15,7 +15,9 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
-console = Console()
+# In a terminal rich uses its width; in logs and pipes (80 columns by default) the tables would be
+# squeezed into unreadable wrapping, so give them room there.
+console = Console() if Console().is_terminal else Console(width=160)
 
 
 @app.callback()
