@@ -310,5 +310,60 @@ def _print_sweep(summary) -> None:
     console.print(f"results: {summary.results}")
 
 
+@app.command()
+def check(
+    profile_path: Path = typer.Argument(..., metavar="PROFILE", help="Gate profile, e.g. profiles/ci.yaml."),
+    baseline: Path = typer.Option(..., "--baseline", help="Committed baseline, e.g. profiles/baselines/ci.json."),
+    update: bool = typer.Option(False, "--update", help="Rewrite the baseline from this run and say what changed."),
+    strict_versions: bool = typer.Option(False, "--strict-versions", help="Fail when the baseline's versions differ."),
+    json_out: Optional[Path] = JSON_OUT,
+) -> None:
+    """Efficiency gate: rerun a small fixed profile and compare with a baseline; exit 1 on a regression."""
+    from pipeline import gate
+    from pipeline.spec import ProfileError, load_spec
+
+    try:
+        spec = load_spec(profile_path)
+        old = gate.load_baseline(baseline) if (baseline.exists() or not update) else None
+    except (ProfileError, FileNotFoundError, ValueError) as err:
+        _fail(err)
+    console.print(f"gate [bold]{spec.name}[/bold]: measuring {profile_path} ...")
+    figures = gate.measure(spec)
+    if old is None:
+        gate.write_baseline(baseline, spec, figures)
+        console.print(f"wrote a new baseline with {len(figures)} figures: {baseline}")
+        return
+    result = gate.compare(old, figures)
+    for note in result.version_notes:
+        console.print(f"[yellow]versions differ:[/yellow] {note}")
+    if result.moved:
+        table = Table(title="What moved (figure: model|input|method|metric)")
+        for column in ("figure", "baseline", "now", "change", "worse when", "verdict"):
+            table.add_column(column)
+        for d in result.moved:
+            verdict = "[red]REGRESSION[/red]" if d.regression else d.note
+            table.add_row(d.key, _num(d.baseline), _num(d.current), d.change, d.worse, verdict)
+        console.print(table)
+    else:
+        console.print(f"all {len(result.deltas)} figures within tolerance")
+    _write_json(json_out, json.dumps(gate.result_dict(result), indent=2, default=str))
+    if update:
+        gate.write_baseline(baseline, spec, figures, old.get("tolerances"))
+        console.print(f"baseline updated: {baseline} ({len(result.moved)} figures changed)")
+        return
+    if result.regressions:
+        console.print(f"[red]{len(result.regressions)} regression(s)[/red]; if intended, rerun with --update and commit the baseline")
+        raise typer.Exit(1)
+    if strict_versions and result.version_notes:
+        console.print("[red]baseline made with other versions[/red] (--strict-versions)")
+        raise typer.Exit(3)
+
+
+def _num(value) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
 if __name__ == "__main__":
     app()
