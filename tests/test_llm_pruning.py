@@ -27,6 +27,7 @@ def test_bad_llm_configs_name_the_field():
         with pytest.raises(ValueError) as err:
             ipcv.LLMPruneConfig(**{field: value})
         assert f"LLMPruneConfig.{field}" in str(err.value) and repr(value) in str(err.value)
+        assert expected in str(err.value)
     model = tiny("tiny-qwen2-vl")  # 4 decoder layers
     with pytest.raises(ValueError, match="decoder layers \\(4\\)"):
         ipcv.apply(model, llm=ipcv.LLMPruneConfig(layer=4))

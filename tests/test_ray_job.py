@@ -45,3 +45,25 @@ def test_job_submitted_to_a_local_head_completes(tmp_path):
         assert len(table) == len(expand(load_spec(ROOT / "profiles" / "tiny-test.yaml"))) and (table.status == "ok").all()
     finally:
         subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
+
+
+def test_cli_run_prints_a_summary_and_resumes(tmp_path):
+    """The main job's command: a local Ray on 127.0.0.1, a summary table, the results path; a
+    second run skips every finished cell."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli import app
+
+    if ray.is_initialized():
+        ray.shutdown()
+    runner = CliRunner()
+    args = ["run", str(ROOT / "profiles" / "tiny-test.yaml"), "--out", str(tmp_path), "--wandb-mode", "disabled"]
+    first = runner.invoke(app, args)
+    assert first.exit_code == 0, first.output
+    assert "6 ok, 0 failed, 0 already done (of 6)" in first.output
+    assert f"results: {tmp_path / 'results.parquet'}" in first.output
+    assert "Sweep summary" in first.output
+    second = runner.invoke(app, args)
+    assert second.exit_code == 0 and "0 ok, 0 failed, 6 already done (of 6)" in second.output
+    bad = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
+    assert bad.exit_code == 2 and "no such profile file" in bad.output
