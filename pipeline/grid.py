@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import ipcv
@@ -56,9 +56,18 @@ class Cell:
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
     @property
+    def reference_input(self) -> InputSpec:
+        """The input of the uncompressed reference this cell is compared with: its own, or for the
+        downsampling baseline the full-resolution input it stands in for."""
+        if self.input.source_resolution is None:
+            return self.input
+        return replace(self.input, resolution=self.input.source_resolution, source_resolution=None)
+
+    @property
     def reference_key(self) -> tuple:
         """Cells with the same key share one uncompressed reference (same model, same input)."""
-        return (self.model.name, self.input.kind, self.input.resolution, self.input.count, self.input.frames, self.input.prompt)
+        ref = self.reference_input
+        return (self.model.name, ref.kind, ref.resolution, ref.count, ref.frames, ref.prompt)
 
     def label(self) -> str:
         what = f"{self.input.kind} {self.input.resolution}" + (f"x{self.input.frames}f" if self.input.frames else "")
@@ -71,27 +80,16 @@ def _product(grid: Any) -> list[dict[str, Any]]:
     return [dict(zip(keys, values)) for values in itertools.product(*(fields[k] for k in keys))]
 
 
-def _vision_configs(spec: SweepSpec) -> list[dict[str, Any]]:
-    if spec.methods.ipcv is None:
+def _configs(grid: Any, config_class: type, where: str) -> list[dict[str, Any]]:
+    """Every combination of a method grid, validated by the method's own config class."""
+    if grid is None:
         return []
     out = []
-    for values in _product(spec.methods.ipcv):
+    for values in _product(grid):
         try:
-            out.append(ipcv.IPCVConfig(**values).to_dict())
+            out.append(config_class(**values).to_dict())
         except ValueError as err:
-            raise ProfileError(f"methods.ipcv: {err}") from None
-    return out
-
-
-def _llm_configs(spec: SweepSpec) -> list[dict[str, Any]]:
-    if spec.methods.llm is None:
-        return []
-    out = []
-    for values in _product(spec.methods.llm):
-        try:
-            out.append(ipcv.LLMPruneConfig(**values).to_dict())
-        except ValueError as err:
-            raise ProfileError(f"methods.llm: {err}") from None
+            raise ProfileError(f"{where}: {err}") from None
     return out
 
 
@@ -108,7 +106,8 @@ def _inputs(spec: SweepSpec) -> list[InputSpec]:
 
 def expand(spec: SweepSpec) -> list[Cell]:
     """All cells of a profile, in a stable order; duplicates (same id) appear once."""
-    visions, llms = _vision_configs(spec), _llm_configs(spec)
+    visions = _configs(spec.methods.ipcv, ipcv.IPCVConfig, "methods.ipcv")
+    llms = _configs(spec.methods.llm, ipcv.LLMPruneConfig, "methods.llm")
     measurement = spec.measurement.model_dump()
     methods: list[tuple[str, dict | None, dict | None]] = []
     if spec.methods.baseline:

@@ -139,11 +139,9 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
         cell = queue.popleft()
         key = cell.reference_key
         if key not in references:
-            ref_input = cell.input if cell.method != "downsample" else _source_input(cell)
-            references[key] = actor.reference.remote(ref_input, spec.measurement.max_new_tokens)
-        ref = references[key] if cell.method != "downsample" else _downsample_reference(references, cell, actor, spec)
+            references[key] = actor.reference.remote(cell.reference_input, spec.measurement.max_new_tokens)
         attempts[cell.id] += 1
-        in_flight[actor.run.remote(cell, ref, attempts[cell.id])] = (actor, cell)
+        in_flight[actor.run.remote(cell, references[key], attempts[cell.id])] = (actor, cell)
         return True
 
     for actor in list(actors):
@@ -189,21 +187,6 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
     bar.close()
     for actor in actors:
         ray.kill(actor)
-
-
-def _source_input(cell: Cell):
-    from dataclasses import replace
-
-    return replace(cell.input, resolution=cell.input.source_resolution, source_resolution=None)
-
-
-def _downsample_reference(references, cell, actor, spec):
-    """The downsampling baseline is compared with the uncompressed model at the full resolution."""
-    source = _source_input(cell)
-    key = (cell.model.name, source.kind, source.resolution, source.count, source.frames, source.prompt)
-    if key not in references:
-        references[key] = actor.reference.remote(source, spec.measurement.max_new_tokens)
-    return references[key]
 
 
 class _Progress:

@@ -179,3 +179,13 @@ def test_a_wandb_failure_keeps_local_results(tmp_path, cluster):
     summary = run_sweep(parse_spec(gpu_profile(inputs={"images": {"resolutions": [56]}})), tmp_path, progress=False)
     assert summary.wandb_failures == summary.total and summary.ok == summary.total
     assert len(pd.read_parquet(summary.results)) == summary.total
+
+
+def test_downsampling_cells_share_the_full_resolution_reference():
+    data = tiny_profile(inputs={"images": {"resolutions": [112, 224]}},
+                        methods={"baseline": True, "downsample": {"resolutions": [112]}})
+    cells = expand(parse_spec(data))
+    down = [c for c in cells if c.method == "downsample"]
+    base = {c.input.resolution: c for c in cells if c.method == "baseline" and c.model == down[0].model}
+    assert down and all(c.input.resolution == 112 and c.reference_input.resolution == 224 for c in down)
+    assert down[0].reference_key == base[224].reference_key != base[112].reference_key
