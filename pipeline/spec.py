@@ -7,10 +7,10 @@ A wrong profile fails before anything runs, with a message that names the file, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class _Strict(BaseModel):
@@ -28,22 +28,24 @@ class ModelSpec(_Strict):
     seed: int = Field(0, ge=0, description="weights seed of tiny presets")
 
 
-class ImageInputs(_Strict):
-    resolutions: list[int] = Field(min_length=1)
-    count: int = Field(1, ge=1, description="images per request")
+def _multiple_of_28(value: int) -> int:
+    if value < 28 or value % 28:
+        raise ValueError(f"resolution {value} is not a positive multiple of 28")
+    return value
 
-    @field_validator("resolutions")
-    @classmethod
-    def _multiple_of_28(cls, values: list[int]) -> list[int]:
-        for v in values:
-            if v < 28 or v % 28:
-                raise ValueError(f"resolution {v} is not a positive multiple of 28")
-        return values
+
+# an image side the Qwen-VL patch (14) and merge (2) layout accepts
+Resolution = Annotated[int, AfterValidator(_multiple_of_28)]
+
+
+class ImageInputs(_Strict):
+    resolutions: list[Resolution] = Field(min_length=1)
+    count: int = Field(1, ge=1, description="images per request")
 
 
 class VideoInputs(_Strict):
     frames: list[int] = Field(min_length=1)
-    resolutions: list[int] = Field(min_length=1)
+    resolutions: list[Resolution] = Field(min_length=1)
 
     @field_validator("frames")
     @classmethod
@@ -52,11 +54,6 @@ class VideoInputs(_Strict):
             if v < 2 or v % 2:
                 raise ValueError(f"frame count {v} is not an even number >= 2")
         return values
-
-    @field_validator("resolutions")
-    @classmethod
-    def _multiple_of_28(cls, values: list[int]) -> list[int]:
-        return ImageInputs._multiple_of_28(values)
 
 
 class Inputs(_Strict):
@@ -91,12 +88,7 @@ class LLMGrid(_Strict):
 class Downsample(_Strict):
     """The plain-downsampling baseline: the uncompressed model on smaller inputs."""
 
-    resolutions: list[int] = Field(min_length=1)
-
-    @field_validator("resolutions")
-    @classmethod
-    def _multiple_of_28(cls, values: list[int]) -> list[int]:
-        return ImageInputs._multiple_of_28(values)
+    resolutions: list[Resolution] = Field(min_length=1)
 
 
 class Methods(_Strict):
