@@ -191,6 +191,106 @@ def profile(
     _write_json(json_out, report.to_json())
 
 
+@app.command()
+def evaluate(
+    task: str = typer.Argument(..., help="Benchmark format: mmbench, textvqa, pope, ocrbench or mvbench."),
+    data: str = typer.Option("synthetic", help="'synthetic', a data file or folder, a save_to_disk folder, or hf://<id>."),
+    split: Optional[str] = typer.Option(None, help="Split of an HF dataset (or a name part of the files in a folder)."),
+    limit: Optional[int] = typer.Option(None, min=1, help="First N rows (synthetic: rows to render, default 8)."),
+    media_root: Optional[Path] = typer.Option(None, help="Folder that relative image/video paths are under."),
+    frames: int = typer.Option(8, help="Frames sampled per video (video tasks; even)."),
+    model: str = MODEL,
+    resolution: int = RESOLUTION,
+    prune_layer: int = PRUNE_LAYER,
+    reduction_ratio: float = REDUCTION_RATIO,
+    as_layers: int = AS_LAYERS,
+    neighbors: int = NEIGHBORS,
+    llm_method: str = typer.Option("none", help="Also prune in the LLM: none, dart or fastv (default settings)."),
+    dtype: str = DTYPE,
+    device: str = DEVICE,
+    max_new_tokens: int = typer.Option(16, min=1, help="Answer length limit."),
+    seed: int = SEED,
+    out: Optional[Path] = typer.Option(None, help="Write every sample's answers (both runs) here as JSON Lines."),
+) -> None:
+    """Score one benchmark uncompressed and with IPCV: accuracy, and fidelity to the uncompressed answers."""
+    import tempfile
+
+    import ipcv
+    from tqdm import tqdm
+
+    from pipeline.evaluation import DataError, get_task
+    from pipeline.evaluation import runner as ev
+    from pipeline.evaluation.synthetic import write_synthetic
+    from pipeline.inputs import check_resolution
+    from pipeline.models import load_model
+    from pipeline.requests import RequestBuilder
+
+    try:
+        spec = get_task(task)
+        check_resolution(resolution)
+        if frames < 2 or frames % 2:
+            raise ValueError(f"--frames must be an even number >= 2, got {frames}")
+        vision = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, "global", "global", "feature_diff", "ngr", seed)
+        if llm_method not in ("none", "dart", "fastv"):
+            raise ValueError(f"--llm-method must be one of none, dart, fastv; got {llm_method!r}")
+        llm = ipcv.LLMPruneConfig(method=llm_method) if llm_method != "none" else None
+        source = data
+        if data == "synthetic":
+            source = str(write_synthetic(task, tempfile.mkdtemp(prefix=f"ipcv-{task}-"), limit or 8, seed=seed))
+        samples = spec.load(source, split=split, limit=limit, media_root=str(media_root) if media_root else None)
+        loaded = load_model(model, dtype=dtype, device=device, seed=seed)
+        processor = None
+        if not _is_preset(model):
+            from transformers import AutoProcessor
+
+            processor = AutoProcessor.from_pretrained(model)
+        builder = RequestBuilder(loaded, processor)
+        runs = {}
+        with tqdm(total=2 * len(samples), unit="sample", desc=task) as bar:
+            runs["uncompressed"] = ev.answer_all(loaded, builder, spec, samples, resolution, frames, max_new_tokens, bar.update)
+            with ipcv.apply(loaded, vision=vision, llm=llm):
+                runs["compressed"] = ev.answer_all(loaded, builder, spec, samples, resolution, frames, max_new_tokens, bar.update)
+    except (DataError, ValueError, TypeError, ImportError) as err:
+        _fail(err)
+    scores = {name: ev.score(spec, samples, a, runs["uncompressed"] if name == "compressed" else None)
+              for name, a in runs.items()}
+    what = f"IPCV r={reduction_ratio}" + (f" + {llm_method}" if llm else "")
+    view = Table(title=f"{task}: {len(samples)} samples at {resolution}px, {model}"
+                 + (" (random weights: chance-level accuracy)" if _is_preset(model) else ""))
+    view.add_column("figure")
+    view.add_column("uncompressed")
+    view.add_column(what)
+    for key in scores["compressed"]:
+        view.add_row(key, _num(scores["uncompressed"].get(key)), _num(scores["compressed"][key]))
+    console.print(view)
+    if out:
+        records = []
+        for name, a in runs.items():
+            records += [{**r, "run": name} for r in ev.predictions(spec, samples, a, None)]
+        out.write_text("".join(json.dumps(r) + "\n" for r in records))
+        console.print(f"answers: {out}")
+
+
+@app.command()
+def synthesize(
+    out: Path = typer.Argument(..., help="Folder to write into (one subfolder per task)."),
+    samples: int = typer.Option(8, min=1, help="Rows per task."),
+    task: Optional[list[str]] = typer.Option(None, help="Only these tasks (repeat); default all."),
+    seed: int = SEED,
+) -> None:
+    """Write the synthetic benchmark (known answers, real layouts) to point profiles or tools at."""
+    from pipeline.evaluation import TASKS
+    from pipeline.evaluation.synthetic import write_synthetic
+
+    names = task or list(TASKS)
+    unknown = [t for t in names if t not in TASKS]
+    if unknown:
+        _fail(ValueError(f"unknown task(s) {', '.join(unknown)}; tasks: {', '.join(TASKS)}"))
+    for name in names:
+        path = write_synthetic(name, out / name, samples, seed=seed)
+        console.print(f"{name}: {samples} rows -> {path}")
+
+
 def _is_preset(name: str) -> bool:
     from pipeline.models import PRESETS
 
@@ -273,7 +373,12 @@ def run(
     if not resume and (out_dir / "cells").exists():
         shutil.rmtree(out_dir / "cells")
     console.print(f"sweep [bold]{spec.name}[/bold]: {len(cells)} cells -> {out_dir}")
-    summary = run_sweep(spec, out_dir, address=address, node_ip_address=node_ip)
+    from pipeline.evaluation import DataError
+
+    try:
+        summary = run_sweep(spec, out_dir, address=address, node_ip_address=node_ip)
+    except DataError as err:
+        _fail(err)
     _print_sweep(summary)
     if summary.interrupted:
         raise typer.Exit(130)
@@ -285,8 +390,10 @@ def _print_sweep(summary) -> None:
     table = pd.read_parquet(summary.results) if summary.results.exists() else pd.DataFrame()
     if not table.empty:
         ok = table[table.status == "ok"]
-        view = Table(title="Sweep summary (medians; CPU figures are CPU time; fidelity is agreement with the uncompressed model)")
-        for column in ("model", "input", "method", "vision ms", "prefill ms", "GFLOPs", "answer match", "feature cos"):
+        view = Table(title="Sweep summary (medians; CPU figures are CPU time; fidelity is agreement with the uncompressed "
+                           "model; accuracy is the mean benchmark score, chance level for random-weight models)")
+        for column in ("model", "input", "method", "vision ms", "prefill ms", "GFLOPs", "answer match", "feature cos",
+                       "accuracy"):
             view.add_column(column)
         grouped = ok.groupby(["model", "input_kind", "group_resolution", "method"], dropna=False)
         for (model, kind, res, method), g in grouped:
@@ -296,6 +403,7 @@ def _print_sweep(summary) -> None:
                 f"{g['total_flops'].median() / 1e9:.2f}",
                 f"{g['fidelity_answer_match'].mean():.2f}",
                 "-" if g["fidelity_feature_cosine"].isna().all() else f"{g['fidelity_feature_cosine'].mean():.4f}",
+                "-" if "accuracy" not in g or g["accuracy"].isna().all() else f"{g['accuracy'].mean():.3f}",
             )
         console.print(view)
         failed = table[table.status != "ok"]

@@ -9,7 +9,8 @@ number of them; the downsampling baseline does not).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,8 @@ class Outputs:
     answer: list[int]
     first_logprobs: torch.Tensor  # [V], float32, CPU
     features: torch.Tensor  # [n_visual, D], float32, CPU
+    task_answers: dict[str, Any] = field(default_factory=dict)  # benchmark task -> runner.Answers
+    task_error: str | None = None  # why the benchmark answers are missing
 
 
 def collect(model: nn.Module, request: dict[str, torch.Tensor], max_new_tokens: int) -> Outputs:

@@ -69,7 +69,8 @@ def measure(spec: SweepSpec) -> dict[str, float | None]:
         mine = [c for c in cells if c.model == model]
         for cell in mine:
             if cell.reference_key not in references:
-                references[cell.reference_key] = runner.reference(cell.reference_input, spec.measurement.max_new_tokens)
+                references[cell.reference_key] = runner.reference(cell.reference_input, spec.measurement.max_new_tokens,
+                                                                   cell.evaluation)
             row = runner.run(cell, references[cell.reference_key])
             if row["status"] != "ok":
                 raise RuntimeError(f"gate cell {_key(cell)} failed: {row['error']}")

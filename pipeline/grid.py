@@ -38,10 +38,11 @@ class Cell:
     vision: dict[str, Any] | None
     llm: dict[str, Any] | None
     measurement: dict[str, Any]
+    evaluation: dict[str, Any] | None = None  # benchmark tasks scored on this cell
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the cell's result."""
-        return {
+        config = {
             "model": self.model.model_dump(),
             "input": self.input.__dict__,
             "method": self.method,
@@ -49,6 +50,9 @@ class Cell:
             "llm": self.llm,
             "measurement": {k: v for k, v in self.measurement.items() if k != "max_retries"},
         }
+        if self.evaluation:  # only when present, so cells without benchmarks keep their ids
+            config["evaluation"] = self.evaluation
+        return config
 
     @property
     def id(self) -> str:
@@ -67,7 +71,8 @@ class Cell:
     def reference_key(self) -> tuple:
         """Cells with the same key share one uncompressed reference (same model, same input)."""
         ref = self.reference_input
-        return (self.model.name, ref.kind, ref.resolution, ref.count, ref.frames, ref.prompt)
+        tasks = json.dumps(self.evaluation, sort_keys=True) if self.evaluation else None
+        return (self.model.name, ref.kind, ref.resolution, ref.count, ref.frames, ref.prompt, tasks)
 
     def label(self) -> str:
         what = f"{self.input.kind} {self.input.resolution}" + (f"x{self.input.frames}f" if self.input.frames else "")
@@ -109,6 +114,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
     visions = _configs(spec.methods.ipcv, ipcv.IPCVConfig, "methods.ipcv")
     llms = _configs(spec.methods.llm, ipcv.LLMPruneConfig, "methods.llm")
     measurement = spec.measurement.model_dump()
+    evaluation = None
+    if spec.evaluation:
+        evaluation = {"max_new_tokens": spec.evaluation.max_new_tokens,
+                      "tasks": [t.cell_config() for t in spec.evaluation.tasks]}
     methods: list[tuple[str, dict | None, dict | None]] = []
     if spec.methods.baseline:
         methods.append(("baseline", None, None))
@@ -122,12 +131,12 @@ def expand(spec: SweepSpec) -> list[Cell]:
     for model in spec.models:
         for inp in _inputs(spec):
             for method, vision, llm in methods:
-                cell = Cell(model, inp, method, vision, llm, measurement)
+                cell = Cell(model, inp, method, vision, llm, measurement, evaluation)
                 cells.setdefault(cell.id, cell)
             if spec.methods.downsample and inp.kind == "image":
                 for low in spec.methods.downsample.resolutions:
                     if low < inp.resolution:
                         small = InputSpec("image", low, count=inp.count, prompt=inp.prompt, source_resolution=inp.resolution)
-                        cell = Cell(model, small, "downsample", None, None, measurement)
+                        cell = Cell(model, small, "downsample", None, None, measurement, evaluation)
                         cells.setdefault(cell.id, cell)
     return list(cells.values())

@@ -73,13 +73,29 @@ def _patchify(frames: np.ndarray) -> torch.Tensor:
 
 
 class TinyTokenizer:
-    """Words to ids in [10, image_token_id): deterministic, no vocabulary file."""
+    """Words to ids in [10, image_token_id): deterministic, no vocabulary file.
 
-    def __init__(self, limit: int) -> None:
+    It decodes only the words of ``vocabulary`` (the synthetic benchmark's answer words, whose
+    hashes do not collide); any other id decodes as ``[id]``. That is enough to score a tiny
+    random-weight model's answers honestly (they are mostly unknown ids: chance level).
+    """
+
+    def __init__(self, limit: int, vocabulary: tuple[str, ...] = ()) -> None:
         self.limit = limit
+        words: dict[int, list[str]] = {}
+        for word in dict.fromkeys(vocabulary):
+            words.setdefault(self._id(word), []).append(word)
+        self.words = {i: w[0] for i, w in words.items() if len(w) == 1}
+        self.collisions = [w for w in words.values() if len(w) > 1]
+
+    def _id(self, word: str) -> int:
+        return 10 + zlib.crc32(word.encode()) % (self.limit - 10)
 
     def __call__(self, text: str) -> list[int]:
-        return [10 + zlib.crc32(w.encode()) % (self.limit - 10) for w in text.split()]
+        return [self._id(w) for w in text.split()]
+
+    def decode(self, ids: list[int]) -> str:
+        return " ".join(self.words.get(i, f"[{i}]") for i in ids)
 
 
 class RequestBuilder:
@@ -91,7 +107,11 @@ class RequestBuilder:
         self.video_token = cfg.video_token_id
         self.start, self.end = cfg.vision_start_token_id, cfg.vision_end_token_id
         self.processor = processor
-        self.tokenizer = TinyTokenizer(min(self.image_token, self.video_token, self.start, self.end))
+        from pipeline.evaluation.synthetic import answer_vocabulary
+
+        self.eos = cfg.get_text_config().eos_token_id
+        self.tokenizer = TinyTokenizer(min(self.image_token, self.video_token, self.start, self.end),
+                                       tuple(answer_vocabulary()))
 
     def __call__(self, spec: RequestSpec) -> dict[str, torch.Tensor]:
         if self.processor is not None:
@@ -117,6 +137,13 @@ class RequestBuilder:
             "mm_token_type_ids": torch.tensor([types + [0] * len(text)]),
             **vision,
         }
+
+    def decode(self, ids: list[int]) -> str:
+        """Generated ids as text (the answer a benchmark scores)."""
+        if self.processor is not None:
+            return self.processor.batch_decode([ids], skip_special_tokens=True)[0].strip()
+        eos = self.eos if isinstance(self.eos, list) else [self.eos]
+        return self.tokenizer.decode([i for i in ids if i not in eos])
 
     def _with_processor(self, spec: RequestSpec) -> dict[str, torch.Tensor]:
         placeholder = "<|vision_start|><|video_pad|><|vision_end|>" if spec.video_frames else (

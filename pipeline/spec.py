@@ -115,6 +115,45 @@ class Tracking(_Strict):
     group: str | None = None
 
 
+TaskName = Literal["mmbench", "textvqa", "pope", "ocrbench", "mvbench"]
+
+
+class TaskSpec(_Strict):
+    """One benchmark to score every cell on (docs/accuracy.md)."""
+
+    task: TaskName
+    source: str = Field("synthetic", description="'synthetic', a data file or folder, a save_to_disk folder, "
+                                                  "or hf://<dataset id>")
+    split: str | None = None
+    limit: int | None = Field(None, ge=1, description="first N rows (synthetic: how many to render; default 8)")
+    media_root: str | None = Field(None, description="folder that relative image/video paths are under")
+    frames: int = Field(8, description="frames sampled per video (video tasks)")
+    seed: int = Field(0, ge=0, description="seed of the synthetic data")
+
+    @field_validator("frames")
+    @classmethod
+    def _even_frames(cls, value: int) -> int:
+        if value < 2 or value % 2:
+            raise ValueError(f"frame count {value} is not an even number >= 2")
+        return value
+
+    def cell_config(self) -> dict[str, Any]:
+        """What the cell records: real paths made absolute (relative to where the sweep runs)."""
+        data = self.model_dump()
+        if self.source == "synthetic":
+            data["limit"] = self.limit or 8
+        elif not self.source.startswith("hf://"):
+            data["source"] = str(Path(self.source).expanduser().resolve())
+        if self.media_root:
+            data["media_root"] = str(Path(self.media_root).expanduser().resolve())
+        return data
+
+
+class Evaluation(_Strict):
+    tasks: list[TaskSpec] = Field(min_length=1)
+    max_new_tokens: int = Field(16, ge=1, description="answer length limit")
+
+
 class SweepSpec(_Strict):
     name: str
     output_dir: str = "results"
@@ -122,6 +161,7 @@ class SweepSpec(_Strict):
     inputs: Inputs
     methods: Methods = Methods()
     measurement: Measurement = Measurement()
+    evaluation: Evaluation | None = None
     tracking: Tracking = Tracking()
 
 

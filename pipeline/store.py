@@ -26,8 +26,22 @@ class ResultStore:
         return self.cells / f"{cell_id}.parquet"
 
     def write(self, row: dict[str, Any]) -> None:
+        """The row to ``cells/``; its per-sample benchmark answers (``predictions``), if any, to
+        ``predictions/<cell_id>.parquet`` first, so an ok row always has its answers beside it."""
+        row = dict(row)
+        records = row.pop("predictions", None)
+        if records:
+            folder = self.root / "predictions"
+            folder.mkdir(exist_ok=True)
+            answers = pd.DataFrame(records).assign(cell_id=row["cell_id"])
+            _atomic(folder / f"{row['cell_id']}.parquet", lambda p: answers.to_parquet(p, index=False))
         frame = pd.DataFrame([row])
         _atomic(self._path(row["cell_id"]), lambda p: frame.to_parquet(p, index=False))
+
+    def predictions(self) -> pd.DataFrame:
+        """Every cell's per-sample benchmark answers (empty without benchmarks)."""
+        files = sorted((self.root / "predictions").glob("*.parquet"))
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True) if files else pd.DataFrame()
 
     def status(self, cell_id: str) -> str | None:
         path = self._path(cell_id)

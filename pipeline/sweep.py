@@ -19,6 +19,7 @@ from typing import Any, Callable
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
+from pipeline.evaluation import check_sources
 from pipeline.grid import Cell, expand
 from pipeline.spec import SweepSpec
 from pipeline.store import ResultStore
@@ -79,9 +80,11 @@ def run_sweep(
     and partial runs); ``on_row`` sees each finished row (the driver's hook for fault injection);
     ``node_ip_address`` is this driver's address when joining a cluster at ``address``."""
     out = Path(out_dir)
+    cells = expand(spec)
+    if cells:  # benchmark data that cannot be read stops the sweep here, before anything starts
+        check_sources(cells[0].evaluation)
     store = ResultStore(out)
     store.write_json("profile.json", spec.model_dump())
-    cells = expand(spec)
     done = store.done()
     todo = [c for c in cells if c.id not in done]
     summary = SweepSummary(out, out / "results.parquet", total=len(cells), skipped=len(cells) - len(todo))
@@ -139,7 +142,8 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
         cell = queue.popleft()
         key = cell.reference_key
         if key not in references:
-            references[key] = actor.reference.remote(cell.reference_input, spec.measurement.max_new_tokens)
+            references[key] = actor.reference.remote(cell.reference_input, spec.measurement.max_new_tokens,
+                                                      cell.evaluation)
         attempts[cell.id] += 1
         in_flight[actor.run.remote(cell, references[key], attempts[cell.id])] = (actor, cell)
         return True
@@ -170,6 +174,7 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
             row = {**base_row(cell), "status": "failed", "attempts": attempts[cell.id],
                    "error": f"worker died {attempts[cell.id]} times: {type(err).__name__}: {str(err)[:500]}"}
         store.write(row)
+        row.pop("predictions", None)
         logger.log(cell, row)
         finished += 1
         summary.ok += row["status"] == "ok"

@@ -8,16 +8,22 @@ cells with the load error.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
+import tempfile
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
 
 import ipcv
 from pipeline import fidelity
+from pipeline.evaluation import runner as evaluation_runner
+from pipeline.evaluation.synthetic import write_synthetic
+from pipeline.evaluation.tasks import Sample, Task, get_task
 from pipeline.grid import Cell, InputSpec
 from pipeline.models import load_model
 from pipeline.profiler import ProfileSettings, profile
@@ -46,6 +52,7 @@ class CellRunner:
             self.loads += 1
         except Exception as err:  # a bad checkpoint fails its cells, not the sweep
             self.load_error = f"model load failed: {type(err).__name__}: {err}"
+        self._task_samples: dict[str, tuple[Task, list[Sample]]] = {}
         self.processor = None  # real checkpoints: set from AutoProcessor when available
         if self.model is not None and not _is_preset(model.name):
             try:
@@ -58,12 +65,38 @@ class CellRunner:
     def info(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "loads": self.loads, "model": self.spec.name}
 
-    def reference(self, inp: InputSpec, max_new_tokens: int) -> fidelity.Outputs | None:
-        """Uncompressed outputs for one input (computed once per model x input by the driver)."""
+    def reference(self, inp: InputSpec, max_new_tokens: int, evaluation: dict[str, Any] | None = None
+                  ) -> fidelity.Outputs | None:
+        """Uncompressed outputs for one input, and its answers to the benchmark samples at that
+        input's resolution (computed once per model x input by the driver)."""
         if self.model is None:
             return None
-        request = self._request(inp)
-        return fidelity.collect(self.model, request, max_new_tokens)
+        outputs = fidelity.collect(self.model, self._request(inp), max_new_tokens)
+        if evaluation:
+            try:
+                outputs.task_answers = {t["task"]: self._answers(t, inp, evaluation["max_new_tokens"])
+                                        for t in evaluation["tasks"]}
+            except Exception as err:  # the cells report it; the profile-request fidelity stays usable
+                outputs.task_error = f"{type(err).__name__}: {err}"
+        return outputs
+
+    def _samples(self, task: dict[str, Any]) -> tuple[Task, list[Sample]]:
+        """A task's samples, loaded once per worker (synthetic ones rendered into a temp folder)."""
+        key = json.dumps(task, sort_keys=True)
+        if key not in self._task_samples:
+            spec = get_task(task["task"])
+            source = task["source"]
+            if source == "synthetic":
+                folder = Path(tempfile.mkdtemp(prefix=f"ipcv-{task['task']}-"))
+                source = str(write_synthetic(task["task"], folder, task["limit"], seed=task["seed"]))
+            self._task_samples[key] = (spec, spec.load(source, split=task.get("split"), limit=task.get("limit"),
+                                                       media_root=task.get("media_root")))
+        return self._task_samples[key]
+
+    def _answers(self, task: dict[str, Any], inp: InputSpec, max_new_tokens: int) -> evaluation_runner.Answers:
+        spec, samples = self._samples(task)
+        return evaluation_runner.answer_all(self.model, RequestBuilder(self.model, self.processor), spec, samples,
+                                            inp.resolution, task["frames"], max_new_tokens)
 
     def _request(self, inp: InputSpec) -> dict[str, torch.Tensor]:
         params = next(self.model.parameters())
@@ -107,6 +140,31 @@ class CellRunner:
                 if handle:
                     handle.remove()
             out.update(fidelity.compare(reference, run))
+        if cell.evaluation:
+            out.update(self._evaluate(cell, vision, llm, reference))
+        return out
+
+    def _evaluate(self, cell: Cell, vision, llm, reference: fidelity.Outputs | None) -> dict[str, Any]:
+        """Benchmark accuracy of the cell's setting, and its answers' agreement with the
+        uncompressed model's (fidelity on the benchmark)."""
+        if reference is not None and reference.task_error:
+            raise RuntimeError(f"benchmark reference failed: {reference.task_error}")
+        out: dict[str, Any] = {}
+        records: list[dict[str, Any]] = []
+        handle = ipcv.apply(self.model, vision=vision, llm=llm) if (vision or llm) else None
+        try:
+            for task in cell.evaluation["tasks"]:
+                spec, samples = self._samples(task)
+                answers = self._answers(task, cell.input, cell.evaluation["max_new_tokens"])
+                ref = reference.task_answers.get(task["task"]) if reference is not None else None
+                out.update(evaluation_runner.score(spec, samples, answers, ref))
+                records += evaluation_runner.predictions(spec, samples, answers, ref)
+        finally:
+            if handle:
+                handle.remove()
+        headline = [out[f"acc_{t['task']}"] for t in cell.evaluation["tasks"]]
+        out["accuracy"] = sum(headline) / len(headline)
+        out["predictions"] = records
         return out
 
 
@@ -143,6 +201,7 @@ def base_row(cell: Cell) -> dict[str, Any]:
         **{f"ipcv_{k}": vision.get(k) for k in ("prune_layer", "reduction_ratio", "as_layers", "neighbors",
                                                  "selection", "restore", "budget", "neighbor_scope")},
         **{f"llm_{k}": llm.get(k) for k in ("method", "layer", "reduction_ratio")},
+        "weights": "random (tiny preset)" if _is_preset(cell.model.name) else "checkpoint",
         "status": "pending",
         "error": None,
     }

@@ -1,4 +1,5 @@
 import json
+import re
 
 from typer.testing import CliRunner
 
@@ -39,3 +40,30 @@ def test_bad_arguments_give_clear_messages():
         result = runner.invoke(app, args)
         assert result.exit_code == 2, (args, result.output)
         assert message in result.output, (args, result.output)
+
+
+def test_synthesize_and_evaluate_score_a_benchmark(tmp_path):
+    result = runner.invoke(app, ["synthesize", str(tmp_path / "data"), "--samples", "3", "--task", "pope"])
+    assert result.exit_code == 0, result.output
+    answers = tmp_path / "answers.jsonl"
+    result = runner.invoke(app, ["evaluate", "pope", "--data", str(tmp_path / "data" / "pope" / "pope.parquet"),
+                                 "--resolution", "112", "--reduction-ratio", "0", "--max-new-tokens", "3",
+                                 "--out", str(answers)])
+    assert result.exit_code == 0, result.output
+    assert "acc_pope_f1" in result.output and "chance-level" in result.output
+    records = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [r["run"] for r in records] == ["uncompressed"] * 3 + ["compressed"] * 3
+    # ratio 0 is the unpatched model: the same answers, so fidelity is perfect
+    assert [r["answer"] for r in records[:3]] == [r["answer"] for r in records[3:]]
+    assert re.search(r"fidelity_pope_answer_match\s*│\s*-\s*│\s*1\s*│", result.output)
+
+
+def test_evaluate_bad_data_gives_the_row(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "q?", "image": "x.png", "answers": ["a"]}\n{"question": "q?", "image": "x.png"}\n')
+    result = runner.invoke(app, ["evaluate", "textvqa", "--data", str(bad)])
+    assert result.exit_code == 2 and "row 2: field 'answers' is missing" in result.output
+    result = runner.invoke(app, ["evaluate", "vqav9"])
+    assert result.exit_code == 2 and "unknown task 'vqav9'" in result.output
+    result = runner.invoke(app, ["synthesize", str(tmp_path), "--task", "nope"])
+    assert result.exit_code == 2 and "unknown task(s) nope" in result.output

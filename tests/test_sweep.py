@@ -189,3 +189,35 @@ def test_downsampling_cells_share_the_full_resolution_reference():
     base = {c.input.resolution: c for c in cells if c.method == "baseline" and c.model == down[0].model}
     assert down and all(c.input.resolution == 112 and c.reference_input.resolution == 224 for c in down)
     assert down[0].reference_key == base[224].reference_key != base[112].reference_key
+
+
+def test_benchmark_accuracy_in_a_sweep(cluster, tmp_path):
+    evaluation = {"tasks": [{"task": "pope", "limit": 4}, {"task": "mvbench", "limit": 2, "frames": 4}],
+                  "max_new_tokens": 3}
+    spec = parse_spec(gpu_profile(inputs={"images": {"resolutions": [56]}}, evaluation=evaluation,
+                                  tracking={"mode": "disabled"}))
+    summary = run_sweep(spec, tmp_path, progress=False)
+    table = pd.read_parquet(summary.results)
+    assert (table.status == "ok").all(), table.error.tolist()
+    assert (table.acc_pope_samples == 4).all() and (table.acc_mvbench_samples == 2).all()
+    assert table.accuracy.between(0, 1).all()
+    assert table.accuracy.tolist() == ((table.acc_pope + table.acc_mvbench) / 2).tolist()
+    base = table[table.method == "baseline"]
+    assert (base.fidelity_pope_answer_match == 1).all() and (base.fidelity_mvbench_top1_agreement == 1).all()
+    assert (table.weights == "random (tiny preset)").all()
+    # every answer is kept beside its row, and its score agrees with the row's accuracy
+    answers = pd.read_parquet(next((tmp_path / "predictions").glob("*.parquet")))
+    assert len(list((tmp_path / "predictions").glob("*.parquet"))) == len(table)
+    assert sorted(answers.task.unique()) == ["mvbench", "pope"] and len(answers) == 6
+    row = table.set_index("cell_id").loc[answers.cell_id.iloc[0]]
+    assert answers[answers.task == "pope"].score.mean() == row.acc_pope
+    assert answers[answers.task == "mvbench"].score.mean() == row.acc_mvbench
+
+
+def test_a_wrong_benchmark_path_stops_the_sweep_before_it_starts(tmp_path):
+    spec = parse_spec(tiny_profile(evaluation={"tasks": [{"task": "textvqa", "source": str(tmp_path / "nope.jsonl")}]}))
+    from pipeline.evaluation import DataError
+
+    with pytest.raises(DataError, match="nope.jsonl: no such file"):
+        run_sweep(spec, tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # nothing written, no worker started
