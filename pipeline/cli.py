@@ -419,6 +419,34 @@ def _print_sweep(summary) -> None:
 
 
 @app.command()
+def report(
+    out_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="A sweep's output directory (holds results.parquet or cells/)."),
+    quality: str = typer.Option("auto", help="Quality axis: auto (accuracy of real-weight models, else fidelity), "
+                                "accuracy, an acc_<task> column, fidelity_benchmark_answer_match, fidelity_answer_match, "
+                                "fidelity_top1_agreement, fidelity_first_token_kl or fidelity_feature_cosine."),
+    cost: Optional[list[str]] = typer.Option(None, help="Cost axes (repeat): e2e_ms, vision_ms, prefill_ms, total_flops, "
+                                             "peak_bytes. Default: all that were measured."),
+    wandb_mode: Optional[str] = typer.Option(None, help="offline, online or disabled (default: the sweep profile's)."),
+) -> None:
+    """Pareto analysis of a sweep: frontier tables, speed-ups, per-stage breakdowns, plots, HTML, W&B report."""
+    from pipeline.report import ReportError, build_report
+
+    if wandb_mode not in (None, "offline", "online", "disabled"):
+        _fail(ValueError(f"--wandb-mode must be offline, online or disabled, got {wandb_mode!r}"))
+    try:
+        result = build_report(out_dir, quality=quality, costs=cost or None, wandb_mode=wandb_mode)
+    except (ReportError, ValueError) as err:
+        _fail(err)
+    console.print(f"quality axis: {result.quality.label}; costs: {', '.join(result.costs)}")
+    for note in result.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    for path in result.files:
+        console.print(f"wrote {path}")
+    if result.wandb_report:
+        console.print(f"W&B report: {result.wandb_report}")
+
+
+@app.command()
 def check(
     profile_path: Path = typer.Argument(..., metavar="PROFILE", help="Gate profile, e.g. profiles/ci.yaml."),
     baseline: Path = typer.Option(..., "--baseline", help="Committed baseline, e.g. profiles/baselines/ci.json."),

@@ -34,7 +34,7 @@ class CellLogger:
             run = wandb.init(
                 project=self.tracking.project, entity=self.tracking.entity, mode=self.tracking.mode,
                 group=self.group, name=f"{cell.label()} [{cell.id}]", id=f"{self.group}-{cell.id}"[:64],
-                config={"cell_id": cell.id, **cell.config()}, dir=str(self.dir), reinit="finish_previous",
+                config={"cell_id": cell.id, "sweep": self.group, **cell.config()}, dir=str(self.dir), reinit="finish_previous",
                 resume="allow", settings=wandb.Settings(silent=True, console="off", x_disable_stats=True),
             )
             run.summary.update({k: v for k, v in row.items() if _loggable(v)})

@@ -164,6 +164,9 @@ class CellRunner:
                 handle.remove()
         headline = [out[f"acc_{t['task']}"] for t in cell.evaluation["tasks"]]
         out["accuracy"] = sum(headline) / len(headline)
+        if reference is not None:
+            agreement = [out[f"fidelity_{t['task']}_answer_match"] for t in cell.evaluation["tasks"]]
+            out["fidelity_benchmark_answer_match"] = sum(agreement) / len(agreement)
         out["predictions"] = records
         return out
 

@@ -191,11 +191,12 @@ def test_downsampling_cells_share_the_full_resolution_reference():
     assert down[0].reference_key == base[224].reference_key != base[112].reference_key
 
 
-def test_benchmark_accuracy_in_a_sweep(cluster, tmp_path):
+def test_benchmark_accuracy_and_report_on_a_sweep(cluster, tmp_path):
     evaluation = {"tasks": [{"task": "pope", "limit": 4}, {"task": "mvbench", "limit": 2, "frames": 4}],
                   "max_new_tokens": 3}
     spec = parse_spec(gpu_profile(inputs={"images": {"resolutions": [56]}}, evaluation=evaluation,
-                                  tracking={"mode": "disabled"}))
+                                  methods={"baseline": True, "ipcv": {"reduction_ratio": [0.5]}, "llm": {"method": ["fastv"]},
+                                           "downsample": {"resolutions": [28]}}))
     summary = run_sweep(spec, tmp_path, progress=False)
     table = pd.read_parquet(summary.results)
     assert (table.status == "ok").all(), table.error.tolist()
@@ -212,6 +213,20 @@ def test_benchmark_accuracy_in_a_sweep(cluster, tmp_path):
     row = table.set_index("cell_id").loc[answers.cell_id.iloc[0]]
     assert answers[answers.task == "pope"].score.mean() == row.acc_pope
     assert answers[answers.task == "mvbench"].score.mean() == row.acc_mvbench
+
+    # the Pareto report of this sweep: every file, fidelity as the quality of random weights
+    from pipeline.report import build_report
+
+    report = build_report(tmp_path)
+    assert report.quality.column == "fidelity_benchmark_answer_match"
+    written = {p.name for p in report.files}
+    assert {"report.md", "report.html", "frontier.csv", "speedup.csv", "stages.csv", "stages.png",
+            "quality_vs_ratio.png", "frontier_e2e_ms.png", "frontier_total_flops.png", "wandb_report.json"} <= written
+    assert all(p.stat().st_size > 0 for p in report.files)
+    speedup = pd.read_csv(tmp_path / "report" / "speedup.csv")
+    assert set(speedup.method) == {"ipcv", "fastv", "downsample"} and len(speedup) == 2 * 3  # per model
+    runs = read_runs(tmp_path / "wandb")
+    assert sum(r["config"].get("kind") == "report" for r in runs) == 1  # the summary run, beside the cell runs
 
 
 def test_a_wrong_benchmark_path_stops_the_sweep_before_it_starts(tmp_path):

@@ -1,0 +1,218 @@
+"""Pareto analysis of a sweep's results table (pandas): quality against cost, per model x input.
+
+Quality is accuracy where the rows hold a benchmark score from real weights; otherwise fidelity
+to the uncompressed model (the random-weight presets' accuracy is chance level and would say
+nothing). Cost is a latency, the FLOPs or the peak memory. A cell is on the frontier when no other
+cell of its group is at most as costly and at least as good, and strictly better in one of the
+two; equal points do not dominate each other, so ties stay on the frontier together. A cell that
+lacks the quality or the cost figure is not ranked, and the report says which and why.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+
+@dataclass(frozen=True)
+class Metric:
+    column: str
+    label: str  # axis label, with its unit
+    higher_is_better: bool
+    scale: float = 1.0  # column value / scale = shown value
+
+
+QUALITY: dict[str, Metric] = {
+    "accuracy": Metric("accuracy", "accuracy (mean benchmark score)", True),
+    "fidelity_benchmark_answer_match": Metric(
+        "fidelity_benchmark_answer_match", "fidelity: benchmark answers equal to uncompressed (share)", True),
+    "fidelity_answer_match": Metric("fidelity_answer_match", "fidelity: answer equal to uncompressed (0/1)", True),
+    "fidelity_top1_agreement": Metric("fidelity_top1_agreement", "fidelity: first-token top-1 agreement (0/1)", True),
+    "fidelity_first_token_kl": Metric("fidelity_first_token_kl", "fidelity: first-token KL to uncompressed (nats, lower is better)", False),
+    "fidelity_feature_cosine": Metric("fidelity_feature_cosine", "fidelity: visual-feature cosine", True),
+}
+
+COST: dict[str, Metric] = {
+    "e2e_ms": Metric("e2e_ms", "end-to-end latency (ms, median)", False),
+    "vision_ms": Metric("vision_ms", "vision-encoder latency (ms, median)", False),
+    "prefill_ms": Metric("prefill_ms", "LLM prefill latency (ms, median)", False),
+    "total_flops": Metric("total_flops", "vision + prefill GFLOPs", False, 1e9),
+    "peak_bytes": Metric("peak_bytes", "peak GPU memory (MiB)", False, 2**20),
+}
+
+STAGES = ("preprocess_ms", "vision_ms", "prefill_ms", "decode_ms")
+GROUP = ["model", "input"]
+
+
+def prepare(results: pd.DataFrame) -> pd.DataFrame:
+    """The ``ok`` rows with the report's derived columns: ``input`` (the group's input, where
+    the downsampling baseline joins the resolution it stands in for), ``setting`` (a readable
+    label) and ``peak_bytes`` (the largest stage peak)."""
+    if results.empty or "status" not in results:
+        return pd.DataFrame()
+    rows = results[results.status == "ok"].copy()
+    if rows.empty:
+        return rows
+    rows["input"] = [_input_label(r) for r in rows.itertuples()]
+    rows["setting"] = [setting_label(r) for r in rows.to_dict(orient="records")]
+    peaks = [c for c in ("vision_peak_bytes", "prefill_peak_bytes", "decode_peak_bytes") if c in rows]
+    rows["peak_bytes"] = rows[peaks].astype(float).max(axis=1, skipna=True) if peaks else np.nan
+    for column in list(QUALITY) + list(COST):
+        if column not in rows:
+            rows[column] = np.nan
+        rows[column] = pd.to_numeric(rows[column], errors="coerce")
+    return rows.reset_index(drop=True)
+
+
+def _input_label(row) -> str:
+    kind = getattr(row, "input_kind", "image")
+    res = getattr(row, "group_resolution", None) or getattr(row, "resolution", None)
+    frames = getattr(row, "frames", 0) or 0
+    images = getattr(row, "images", 1) or 1
+    if kind == "video":
+        return f"video {res}px x{int(frames)}f"
+    return f"image {res}px" + (f" x{int(images)}" if images and int(images) > 1 else "")
+
+
+def _num(value) -> str:
+    return f"{value:g}" if isinstance(value, (int, float)) and not pd.isna(value) else str(value)
+
+
+def _given(value) -> bool:
+    return value is not None and not (isinstance(value, float) and np.isnan(value))
+
+
+def setting_label(row: dict) -> str:
+    """e.g. ``ipcv K=3 r=0.65``, ``fastv K'=2 r'=0.778``, ``downsample 224px``."""
+    method = str(row.get("method"))
+    if method == "baseline":
+        return "baseline"
+    if method == "downsample":
+        return f"downsample {row.get('resolution')}px"
+    parts = []
+    if _given(row.get("ipcv_reduction_ratio")):
+        vision = f"K={_num(row.get('ipcv_prune_layer'))} r={_num(row.get('ipcv_reduction_ratio'))}"
+        extras = [f"A={_num(row['ipcv_as_layers'])}"] if _given(row.get("ipcv_as_layers")) and row["ipcv_as_layers"] != 7 else []
+        extras += [str(row[k]) for k, default in (("ipcv_budget", "global"), ("ipcv_neighbor_scope", "global"),
+                                                   ("ipcv_restore", "ngr")) if _given(row.get(k)) and row[k] != default]
+        parts.append(" ".join([method.split("+")[0], vision, *extras]))
+    if _given(row.get("llm_method")):
+        parts.append(f"{row['llm_method']} K'={_num(row.get('llm_layer'))} r'={_num(row.get('llm_reduction_ratio'))}")
+    return " + ".join(parts) or method
+
+
+def choose_quality(rows: pd.DataFrame, requested: str = "auto") -> Metric:
+    """The quality metric: the one asked for, or accuracy when real-weight rows carry it, else
+    the benchmark answer agreement, else the first-token KL (present for every cell)."""
+    if requested != "auto":
+        if requested in QUALITY:
+            return QUALITY[requested]
+        if requested.startswith("acc_") and requested in rows:
+            return Metric(requested, f"{requested[4:]} accuracy", True)
+        raise ValueError(f"unknown quality metric {requested!r}; choose auto, {', '.join(QUALITY)} "
+                         "or an acc_<task> column of the results")
+    real = rows[rows.get("weights", pd.Series("checkpoint", index=rows.index)) == "checkpoint"] if len(rows) else rows
+    if len(real) and real["accuracy"].notna().any():
+        return QUALITY["accuracy"]
+    if len(rows) and rows["fidelity_benchmark_answer_match"].notna().any():
+        return QUALITY["fidelity_benchmark_answer_match"]
+    return QUALITY["fidelity_first_token_kl"]
+
+
+def frontier_mask(cost: pd.Series, quality: pd.Series, higher_is_better: bool = True) -> pd.Series:
+    """True where a point is on the Pareto frontier (lower cost, better quality); NaN where it
+    cannot be ranked (a figure is missing)."""
+    q = quality.astype(float) if higher_is_better else -quality.astype(float)
+    c = cost.astype(float)
+    valid = c.notna() & q.notna()
+    out = pd.Series(np.nan, index=cost.index, dtype=object)
+    cv, qv = c[valid].to_numpy(), q[valid].to_numpy()
+    for i, index in enumerate(c[valid].index):
+        dominated = ((cv <= cv[i]) & (qv >= qv[i]) & ((cv < cv[i]) | (qv > qv[i]))).any()
+        out[index] = not dominated
+    return out
+
+
+def frontiers(rows: pd.DataFrame, quality: Metric, costs: list[str]) -> pd.DataFrame:
+    """One line per cell and cost: its group, setting, cost, quality and frontier flag
+    (``on_frontier`` True / False, or missing with ``why_unranked``)."""
+    out = []
+    for cost_name in costs:
+        cost = COST[cost_name]
+        for (model, inp), group in rows.groupby(GROUP, sort=True):
+            mask = frontier_mask(group[cost.column], group[quality.column], quality.higher_is_better)
+            for index, row in group.iterrows():
+                missing = [name for name, col in (("cost", cost.column), ("quality", quality.column)) if pd.isna(row[col])]
+                out.append({
+                    "model": model, "input": inp, "cost_metric": cost_name, "setting": row["setting"],
+                    "method": row["method"], "cell_id": row["cell_id"], "cost": row[cost.column] / cost.scale,
+                    "quality": row[quality.column], "on_frontier": mask[index],
+                    "why_unranked": (f"no {cost.column}" if "cost" in missing else f"no {quality.column}")
+                    if missing else None,
+                })
+    return pd.DataFrame(out)
+
+
+def relative_to_baseline(rows: pd.DataFrame, quality: Metric) -> pd.DataFrame:
+    """Per cell: speed-up of each latency (baseline / cell), FLOPs and memory saved (share),
+    and the quality change against the uncompressed baseline of its group."""
+    out = []
+    for (model, inp), group in rows.groupby(GROUP, sort=True):
+        base = group[group.method == "baseline"]
+        if base.empty:
+            continue
+        b = base.iloc[0]
+        for _, row in group.iterrows():
+            if row["method"] == "baseline":
+                continue
+            record = {"model": model, "input": inp, "setting": row["setting"], "method": row["method"]}
+            for col in ("e2e_ms", "vision_ms", "prefill_ms"):
+                record[f"{col[:-3]}_speedup"] = _ratio(b[col], row[col])
+            for col in ("total_flops", "peak_bytes"):
+                record[f"{col}_saved"] = 1 - _ratio(row[col], b[col]) if not pd.isna(_ratio(row[col], b[col])) else np.nan
+            sign = 1 if quality.higher_is_better else -1
+            record["quality"] = row[quality.column]
+            record["quality_drop"] = sign * (b[quality.column] - row[quality.column])
+            out.append(record)
+    return pd.DataFrame(out, columns=None if out else ["model", "input", "setting", "method", "e2e_speedup"])
+
+
+def _ratio(a, b) -> float:
+    try:
+        a, b = float(a), float(b)
+    except (TypeError, ValueError):
+        return np.nan
+    return a / b if b and not (np.isnan(a) or np.isnan(b)) else np.nan
+
+
+def stage_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
+    """Per cell: time in each stage, and where its saving against the baseline comes from: the
+    vision encoder's share of the time saved in vision + prefill + decode (the rest is the LLM's),
+    and the same for FLOPs (vision vs. prefill)."""
+    out = []
+    for (model, inp), group in rows.groupby(GROUP, sort=True):
+        base = group[group.method == "baseline"]
+        b = base.iloc[0] if len(base) else None
+        for _, row in group.iterrows():
+            record = {"model": model, "input": inp, "setting": row["setting"], "method": row["method"]}
+            for stage in STAGES:
+                record[stage] = row.get(stage, np.nan)
+            if b is not None and row["method"] != "baseline":
+                saved = {s: _float(b.get(s)) - _float(row.get(s)) for s in ("vision_ms", "prefill_ms", "decode_ms")}
+                total = sum(saved.values())
+                record["time_saved_ms"] = total
+                record["vision_share_of_time_saved"] = saved["vision_ms"] / total if total > 0 else np.nan
+                flops = {s: _float(b.get(s)) - _float(row.get(s)) for s in ("vision_flops", "prefill_flops")}
+                total_flops = sum(flops.values())
+                record["vision_share_of_flops_saved"] = flops["vision_flops"] / total_flops if total_flops > 0 else np.nan
+            out.append(record)
+    return pd.DataFrame(out)
+
+
+def _float(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return np.nan

@@ -1,0 +1,210 @@
+"""Pareto analysis on hand-made tables, the report's files, figures and W&B report definition."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pipeline.cli import app
+from pipeline.report import ReportError, build_report, markdown_table
+from pipeline.report import pareto
+from pipeline.report.wandb_report import build, report_plan, validate_offline
+
+
+def flags(cost, quality, higher=True):
+    mask = pareto.frontier_mask(pd.Series(cost, dtype=float), pd.Series(quality, dtype=float), higher)
+    return [None if (isinstance(v, float) and math.isnan(v)) else bool(v) for v in mask]
+
+
+def test_frontier_by_hand():
+    # (3, 0.6) is dominated by (2, 0.7): cheaper and better
+    assert flags([1, 2, 3, 4], [0.5, 0.7, 0.6, 0.9]) == [True, True, False, True]
+    # same cost, better quality dominates; same quality, lower cost dominates
+    assert flags([1, 1], [0.5, 0.6]) == [False, True]
+    assert flags([1, 2], [0.5, 0.5]) == [True, False]
+
+
+def test_frontier_ties_single_point_and_all_equal():
+    # identical points do not dominate each other: both stay; (2, 0.4) is dominated by them
+    assert flags([1, 1, 2], [0.5, 0.5, 0.4]) == [True, True, False]
+    assert flags([7], [0.3]) == [True]
+    assert flags([2, 2, 2], [0.1, 0.1, 0.1]) == [True, True, True]
+
+
+def test_frontier_missing_figures_are_unranked_not_dropped():
+    # the missing-cost point is unranked; without it (1, 0.9) would not be dominated anyway
+    assert flags([np.nan, 2, 3], [0.9, 0.5, 0.4]) == [None, True, False]
+    assert flags([1, 2], [np.nan, 0.5]) == [None, True]
+    assert flags([np.nan], [np.nan]) == [None]
+
+
+def test_frontier_lower_is_better_quality():
+    # KL: (1, 0.1), (2, 0.05), (3, 0.0) trade off; (2.5, 0.2) is beaten by (2, 0.05)
+    assert flags([1, 2, 3, 2.5], [0.1, 0.05, 0.0, 0.2], higher=False) == [True, True, True, False]
+
+
+def results_table() -> pd.DataFrame:
+    """Two groups: (m, 448) with baseline, IPCV, DART and a failed cell; (m, 896) without a baseline."""
+    common = dict(model="m", input_kind="image", frames=0, images=1, status="ok", weights="checkpoint",
+                  device="H200", device_type="cuda", clock="cuda-events", preprocess_ms=5.0)
+    rows = [
+        dict(cell_id="b", method="baseline", resolution=448, group_resolution=448, vision_ms=40.0, prefill_ms=20.0,
+             decode_ms=40.0, e2e_ms=105.0, vision_flops=4e9, prefill_flops=6e9, total_flops=10e9,
+             vision_peak_bytes=2 * 2**30, prefill_peak_bytes=3 * 2**30, decode_peak_bytes=3 * 2**30, accuracy=0.80),
+        dict(cell_id="i", method="ipcv", resolution=448, group_resolution=448, ipcv_prune_layer=3,
+             ipcv_reduction_ratio=0.5, ipcv_as_layers=7, vision_ms=20.0, prefill_ms=20.0, decode_ms=40.0,
+             e2e_ms=85.0, vision_flops=2e9, prefill_flops=6e9, total_flops=8e9, vision_peak_bytes=2**30,
+             prefill_peak_bytes=3 * 2**30, decode_peak_bytes=3 * 2**30, accuracy=0.78),
+        dict(cell_id="d", method="dart", resolution=448, group_resolution=448, llm_method="dart", llm_layer=2,
+             llm_reduction_ratio=0.778, vision_ms=40.0, prefill_ms=10.0, decode_ms=35.0, e2e_ms=90.0,
+             vision_flops=4e9, prefill_flops=3e9, total_flops=7e9, vision_peak_bytes=2 * 2**30,
+             prefill_peak_bytes=2 * 2**30, decode_peak_bytes=2 * 2**30, accuracy=0.70),
+        dict(cell_id="f", method="ipcv", resolution=448, group_resolution=448, status="failed", error="CUDA out of memory"),
+        dict(cell_id="x", method="ipcv", resolution=896, group_resolution=896, ipcv_prune_layer=3,
+             ipcv_reduction_ratio=0.65, vision_ms=60.0, prefill_ms=30.0, decode_ms=40.0, e2e_ms=135.0,
+             total_flops=20e9, accuracy=None),
+    ]
+    return pd.DataFrame([{**common, **r} for r in rows])
+
+
+def test_tables_against_the_baseline_by_hand():
+    rows = pareto.prepare(results_table())
+    assert list(rows.cell_id) == ["b", "i", "d", "x"]  # the failed cell is not analysed
+    assert rows.set_index("cell_id").setting.to_dict() == {
+        "b": "baseline", "i": "ipcv K=3 r=0.5", "d": "dart K'=2 r'=0.778", "x": "ipcv K=3 r=0.65"}
+    assert rows.set_index("cell_id").peak_bytes["b"] == 3 * 2**30
+    metric = pareto.choose_quality(rows)
+    assert metric.column == "accuracy"
+    rel = pareto.relative_to_baseline(rows, metric).set_index("setting")
+    assert set(rel.index) == {"ipcv K=3 r=0.5", "dart K'=2 r'=0.778"}  # 896 has no baseline
+    assert rel.loc["ipcv K=3 r=0.5", "e2e_speedup"] == pytest.approx(105 / 85)
+    assert rel.loc["ipcv K=3 r=0.5", "vision_speedup"] == pytest.approx(2.0)
+    assert rel.loc["ipcv K=3 r=0.5", "total_flops_saved"] == pytest.approx(0.2)
+    assert rel.loc["dart K'=2 r'=0.778", "peak_bytes_saved"] == pytest.approx(1 / 3)
+    assert rel.loc["dart K'=2 r'=0.778", "quality_drop"] == pytest.approx(0.10)
+    stages = pareto.stage_breakdown(rows).set_index("setting")
+    # IPCV saved 20 ms, all in the vision encoder; DART saved 10 (prefill) + 5 (decode): vision share 0
+    assert stages.loc["ipcv K=3 r=0.5", "time_saved_ms"] == pytest.approx(20)
+    assert stages.loc["ipcv K=3 r=0.5", "vision_share_of_time_saved"] == pytest.approx(1.0)
+    assert stages.loc["dart K'=2 r'=0.778", "vision_share_of_time_saved"] == pytest.approx(0.0)
+    assert stages.loc["dart K'=2 r'=0.778", "vision_share_of_flops_saved"] == pytest.approx(0.0)
+    points = pareto.frontiers(rows, metric, ["e2e_ms", "total_flops"])
+    e2e = points[points.cost_metric == "e2e_ms"].set_index("cell_id")
+    # e2e: baseline (105, 0.80), ipcv (85, 0.78), dart (90, 0.70: dominated by ipcv)
+    assert e2e.on_frontier[["b", "i", "d"]].tolist() == [True, True, False] and pd.isna(e2e.on_frontier["x"])
+    flops = points[points.cost_metric == "total_flops"].set_index("cell_id")
+    assert flops.on_frontier["d"] == True and flops.cost["b"] == pytest.approx(10.0)  # noqa: E712 (GFLOPs)
+    assert flops.on_frontier.isna().sum() == 1 and flops.why_unranked["x"] == "no accuracy"
+
+
+def test_quality_choice():
+    rows = pareto.prepare(results_table())
+    assert pareto.choose_quality(rows).column == "accuracy"
+    random = rows.assign(weights="random (tiny preset)")
+    assert pareto.choose_quality(random).column == "fidelity_first_token_kl"  # chance-level accuracy is not used
+    agree = random.assign(fidelity_benchmark_answer_match=0.5)
+    assert pareto.choose_quality(agree).column == "fidelity_benchmark_answer_match"
+    assert pareto.choose_quality(rows, "fidelity_feature_cosine").column == "fidelity_feature_cosine"
+    with pytest.raises(ValueError, match="unknown quality metric 'speed'"):
+        pareto.choose_quality(rows, "speed")
+
+
+def test_markdown_table():
+    table = markdown_table(pd.DataFrame([{"a": 1.23456, "b": None}, {"a": "x|y", "b": True}]), {"a": "A", "b": "B"})
+    assert table.splitlines() == ["| A | B |", "|---|---|", "| 1.235 | - |", "| x\\|y | yes |"]
+
+
+def write_sweep(tmp_path, table: pd.DataFrame, mode: str = "disabled"):
+    table.to_parquet(tmp_path / "results.parquet", index=False)
+    (tmp_path / "profile.json").write_text(json.dumps({"name": "handmade", "tracking": {"mode": mode}}))
+    return tmp_path
+
+
+def non_blank(path) -> tuple[int, int]:
+    image = Image.open(path)
+    pixels = np.asarray(image.convert("L"), dtype=float)
+    assert pixels.std() > 5 and (pixels < 128).mean() > 0.001, path  # drawn on, not blank
+    return image.size
+
+
+def test_report_files_and_figure_sizes(tmp_path):
+    out = write_sweep(tmp_path, results_table())
+    result = build_report(out)
+    names = {p.name for p in result.files}
+    assert {"frontier.csv", "speedup.csv", "stages.csv", "report.md", "report.html", "stages.png",
+            "quality_vs_ratio.png", "frontier_e2e_ms.png", "frontier_peak_bytes.png"} <= names
+    assert "wandb_report.json" not in names  # W&B disabled in this profile
+    # two groups -> two panels in a row: 2 x 550 px wide, 420 px + 80 px legend band high; the
+    # 896 group has no accuracy, so nothing of it to rank or plot against quality: one panel
+    assert non_blank(out / "report" / "stages.png") == (1100, 500)
+    assert non_blank(out / "report" / "frontier_e2e_ms.png") == (550, 500)
+    assert non_blank(out / "report" / "quality_vs_ratio.png") == (550, 500)
+    md = (out / "report" / "report.md").read_text()
+    assert "## m | image 448px" in md and "## m | image 896px" in md
+    assert "| ipcv K=3 r=0.5 | 85 | 0.78 |" in md  # on the e2e frontier
+    assert "No uncompressed baseline cell in this group" in md
+    assert "CUDA out of memory" in md  # failed cells are listed, not dropped
+    page = (out / "report" / "report.html").read_text()
+    # self-contained: plotly.js is inlined (megabytes), no script is fetched from elsewhere
+    assert "Plotly.newPlot" in page and len(page) > 1_000_000 and "<script src=" not in page.replace("\n", "")
+
+
+def test_report_single_point_and_missing_memory(tmp_path):
+    one = results_table().iloc[[0]].drop(columns=["vision_peak_bytes", "prefill_peak_bytes", "decode_peak_bytes"])
+    result = build_report(write_sweep(tmp_path, one))
+    assert "peak_bytes" not in result.costs and any("peak_bytes left out" in n for n in result.notes)
+    assert non_blank(tmp_path / "report" / "frontier_e2e_ms.png") == (550, 500)
+    assert "quality_vs_ratio.png" not in {p.name for p in result.files}  # no ratio to plot against
+
+
+def test_report_errors(tmp_path):
+    with pytest.raises(ReportError, match="no such directory"):
+        build_report(tmp_path / "nope")
+    with pytest.raises(ReportError, match="no results.parquet or cells/"):
+        build_report(tmp_path)
+    write_sweep(tmp_path, results_table().assign(status="failed"))
+    with pytest.raises(ReportError, match="no finished \\(ok\\) cells"):
+        build_report(tmp_path)
+    result = CliRunner().invoke(app, ["report", str(tmp_path / "nope")])
+    assert result.exit_code == 2 and "no such directory" in result.output
+    write_sweep(tmp_path, results_table())
+    result = CliRunner().invoke(app, ["report", str(tmp_path), "--cost", "watts"])
+    assert result.exit_code == 2 and "unknown cost(s) watts" in result.output
+
+
+def test_wandb_report_definition_holds_the_panels(tmp_path):
+    out = write_sweep(tmp_path, results_table(), mode="offline")
+    result = build_report(out)
+    definition = json.loads((out / "report" / "wandb_report.json").read_text())
+    assert result.wandb_report == str(out / "report" / "wandb_report.json") and result.wandb_run
+    specs = definition["wandb_panel_specs"]
+    scatter = [s for s in specs if s["viewType"] == "Scatter Plot"]
+    assert {(s["config"]["xAxis"], s["config"]["yAxis"]) for s in scatter} == {
+        (f"summary:{c}", "summary:accuracy") for c in ("e2e_ms", "vision_ms", "prefill_ms", "total_flops", "peak_bytes")}
+    (parallel,) = [s for s in specs if s["viewType"] == "Parallel Coordinates Plot"]
+    accessors = [c["accessor"] for c in parallel["config"]["columns"]]
+    assert "config:method.value" in accessors and "summary:accuracy" in accessors
+    assert "config:vision.value.reduction_ratio" in accessors
+    (bars,) = [s for s in specs if s["viewType"] == "Bar Chart"]
+    assert bars["config"]["metrics"] == [f"summary_metrics.{s}" for s in ("preprocess_ms", "vision_ms", "prefill_ms", "decode_ms")]
+    assert bars["config"]["groupBy"] == "method.value"
+    # the plan rebuilds the same report, its run sets select this sweep and colour by method
+    report = build(definition["plan"])
+    grids = [b for b in report.blocks if hasattr(b, "panels")]
+    assert grids[0].runsets[0].groupby == ["method"] and 'Config("sweep") == "handmade"' in grids[0].runsets[0].filters
+
+
+def test_report_plan_rejects_unknown_panels():
+    plan = report_plan(project="p", entity="e", sweep="s", quality="accuracy", quality_label="acc",
+                       costs={"e2e_ms": "e2e"}, summary=[])
+    plan["blocks"][-1]["panels"][0]["type"] = "pie"
+    with pytest.raises(ValueError, match="unknown panel type 'pie'"):
+        build(plan)
+    assert validate_offline(build(report_plan(project="p", entity="e", sweep="s", quality="accuracy",
+                                              quality_label="acc", costs={"e2e_ms": "e2e"}, summary=[])))["panels"]
