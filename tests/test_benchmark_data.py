@@ -173,3 +173,12 @@ def test_synthetic_benchmark_answers_are_true(tmp_path):
     assert words == again
     for name in ("pope", "ocrbench"):
         assert len(get_task(name).load(str(write_synthetic(name, tmp_path / name, 3)))) == 3
+
+
+def test_image_folder_with_metadata(tmp_path):
+    """The HF imagefolder layout: images beside metadata.jsonl, whose file_name names them."""
+    shutil.copy(FIXTURES / "images" / "red.png", tmp_path / "red.png")
+    _jsonl(tmp_path / "metadata.jsonl", [{"file_name": "red.png", "question": "Is it red?", "answer": "yes"}])
+    task = get_task("pope")
+    (sample,) = task.load(str(tmp_path))
+    assert sample.truth == "yes" and task.images(sample)[0].getpixel((0, 0)) == (200, 0, 0)

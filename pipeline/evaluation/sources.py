@@ -2,7 +2,7 @@
 
 Tables: JSON Lines, a JSON list, Parquet (the layout of HF datasets on the hub, e.g.
 ``lmms-lab/textvqa``'s ``data/*.parquet``), TSV/CSV (the original MMBench files), a folder of
-such files, a dataset saved with ``datasets``' ``save_to_disk``, or, when the ``datasets``
+such files (an HF "imagefolder": images beside a ``metadata.jsonl`` whose ``file_name`` names them), a dataset saved with ``datasets``' ``save_to_disk``, or, when the ``datasets``
 library is installed, a hub dataset id already in the local cache or reachable from the machine
 (``hf://lmms-lab/POPE``).
 

@@ -146,7 +146,7 @@ def _mmbench(row: dict[str, Any]) -> Sample:
 def _textvqa(row: dict[str, Any]) -> Sample:
     question = _text(row, "question")
     return Sample("textvqa", str(row.get("question_id", "")), 0, f"{question}\n{SHORT_ANSWER}",
-                  _answers(row, "answers"), _media(row, "image", "image_path"), None)
+                  _answers(row, "answers"), _media(row, "image", "image_path", "file_name"), None)
 
 
 def _pope(row: dict[str, Any]) -> Sample:
@@ -155,12 +155,12 @@ def _pope(row: dict[str, Any]) -> Sample:
     if answer not in ("yes", "no"):
         raise ValueError(f"answer must be 'yes' or 'no', got {row['answer']!r}")
     return Sample("pope", str(row.get("question_id", row.get("id", ""))), 0, f"{question}\n{SHORT_ANSWER}",
-                  answer, _media(row, "image", "image_path"), None, category=row.get("category"))
+                  answer, _media(row, "image", "image_path", "file_name"), None, category=row.get("category"))
 
 
 def _ocrbench(row: dict[str, Any]) -> Sample:
     return Sample("ocrbench", str(row.get("id", "")), 0, _text(row, "question"), _answers(row, "answer"),
-                  _media(row, "image", "image_path"), None, category=row.get("question_type"),
+                  _media(row, "image", "image_path", "file_name"), None, category=row.get("question_type"),
                   extra={"dataset": row.get("dataset")})
 
 
