@@ -90,7 +90,9 @@ def test_tables_against_the_baseline_by_hand():
     assert rel.loc["dart K'=2 r'=0.778", "quality_drop"] == pytest.approx(0.10)
     stages = pareto.stage_breakdown(rows).set_index("setting")
     # IPCV saved 20 ms, all in the vision encoder; DART saved 10 (prefill) + 5 (decode): vision share 0
+    assert list(stages.index[:1]) == ["baseline"]
     assert stages.loc["ipcv K=3 r=0.5", "time_saved_ms"] == pytest.approx(20)
+    assert stages.loc["dart K'=2 r'=0.778", ["vision_saved_ms", "llm_saved_ms"]].tolist() == [0, 15]
     assert stages.loc["ipcv K=3 r=0.5", "vision_share_of_time_saved"] == pytest.approx(1.0)
     assert stages.loc["dart K'=2 r'=0.778", "vision_share_of_time_saved"] == pytest.approx(0.0)
     assert stages.loc["dart K'=2 r'=0.778", "vision_share_of_flops_saved"] == pytest.approx(0.0)
@@ -113,6 +115,12 @@ def test_quality_choice():
     assert pareto.choose_quality(rows, "fidelity_feature_cosine").column == "fidelity_feature_cosine"
     with pytest.raises(ValueError, match="unknown quality metric 'speed'"):
         pareto.choose_quality(rows, "speed")
+
+
+def test_vision_share_only_when_no_stage_got_slower():
+    assert pareto._share(3.0, 1.0) == 0.75
+    assert math.isnan(pareto._share(-1.0, 5.0)) and math.isnan(pareto._share(2.0, -0.5))
+    assert math.isnan(pareto._share(0.0, 0.0))
 
 
 def test_markdown_table():

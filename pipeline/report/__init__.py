@@ -202,11 +202,12 @@ def _markdown(title, intro, rows, results, points, relative, stages, metric, res
         else:
             out += ["No uncompressed baseline cell in this group: no speed-up table.", ""]
         st = stages[(stages.model == model) & (stages.input == inp)]
-        st = st.assign(_base=st.method != "baseline").sort_values(["_base", "setting"])
-        out += ["Where the time goes (ms, median per stage) and where the saving comes from (vision share of the "
-                "time saved in vision + prefill + decode; of the FLOPs saved in vision + prefill; the rest is the LLM):",
+        out += ["Where the time goes (ms, median per stage) and where the saving comes from: ms saved in the "
+                "vision encoder and in the LLM (prefill + decode), and the vision encoder's share of the time and of "
+                "the FLOPs saved (- where a stage got slower, so no share is meaningful):",
                 "", markdown_table(st, {"setting": "setting", **{s: s.removesuffix("_ms") for s in pareto.STAGES},
-                                        "time_saved_ms": "saved ms", "vision_share_of_time_saved": "vision share (time)",
+                                        "vision_saved_ms": "vision saved", "llm_saved_ms": "LLM saved",
+                                        "vision_share_of_time_saved": "vision share (time)",
                                         "vision_share_of_flops_saved": "vision share (FLOPs)"}), ""]
     failed = results[results.status != "ok"]
     if len(failed):

@@ -79,7 +79,8 @@ def frontier_png(points: pd.DataFrame, cost_name: str, quality: Metric, path: Pa
         ax.step(front.cost, front.quality, where="post", color="black", linewidth=0.9, alpha=0.7, zorder=2)
         for i, (_, row) in enumerate(front.iterrows()):  # staggered, so neighbouring labels do not overprint
             ax.annotate(row.setting, (row.cost, row.quality), fontsize=6.5, xytext=(4, 4 + 9 * (i % 3)),
-                        textcoords="offset points")
+                        textcoords="offset points", annotation_clip=True, clip_on=True)
+        ax.margins(x=0.08, y=0.14)  # room for the labels of points at the edges
         ax.set_title(f"{model} | {inp}", fontsize=9)
         ax.set_xlabel(COST[cost_name].label, fontsize=8)
         ax.set_ylabel(quality.label if len(quality.label) < 48 else quality.label.replace(": ", ":\n", 1), fontsize=8)

@@ -176,7 +176,7 @@ def relative_to_baseline(rows: pd.DataFrame, quality: Metric) -> pd.DataFrame:
             record["quality"] = row[quality.column]
             record["quality_drop"] = sign * (b[quality.column] - row[quality.column])
             out.append(record)
-    return pd.DataFrame(out, columns=None if out else ["model", "input", "setting", "method", "e2e_speedup"])
+    return _ordered(pd.DataFrame(out, columns=None if out else ["model", "input", "setting", "method", "e2e_speedup"]))
 
 
 def _ratio(a, b) -> float:
@@ -188,9 +188,9 @@ def _ratio(a, b) -> float:
 
 
 def stage_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
-    """Per cell: time in each stage, and where its saving against the baseline comes from: the
-    vision encoder's share of the time saved in vision + prefill + decode (the rest is the LLM's),
-    and the same for FLOPs (vision vs. prefill)."""
+    """Per cell: time in each stage, and where its saving against the baseline comes from: time
+    saved in the vision encoder and in the LLM (prefill + decode), the vision encoder's share of
+    the time saved, and the same share for FLOPs (vision vs. prefill)."""
     out = []
     for (model, inp), group in rows.groupby(GROUP, sort=True):
         base = group[group.method == "baseline"]
@@ -200,15 +200,31 @@ def stage_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
             for stage in STAGES:
                 record[stage] = row.get(stage, np.nan)
             if b is not None and row["method"] != "baseline":
-                saved = {s: _float(b.get(s)) - _float(row.get(s)) for s in ("vision_ms", "prefill_ms", "decode_ms")}
-                total = sum(saved.values())
-                record["time_saved_ms"] = total
-                record["vision_share_of_time_saved"] = saved["vision_ms"] / total if total > 0 else np.nan
-                flops = {s: _float(b.get(s)) - _float(row.get(s)) for s in ("vision_flops", "prefill_flops")}
-                total_flops = sum(flops.values())
-                record["vision_share_of_flops_saved"] = flops["vision_flops"] / total_flops if total_flops > 0 else np.nan
+                vision = _float(b.get("vision_ms")) - _float(row.get("vision_ms"))
+                llm = sum(_float(b.get(s)) - _float(row.get(s)) for s in ("prefill_ms", "decode_ms"))
+                record.update(vision_saved_ms=vision, llm_saved_ms=llm, time_saved_ms=vision + llm)
+                record["vision_share_of_time_saved"] = _share(vision, llm)
+                record["vision_share_of_flops_saved"] = _share(
+                    _float(b.get("vision_flops")) - _float(row.get("vision_flops")),
+                    _float(b.get("prefill_flops")) - _float(row.get("prefill_flops")))
             out.append(record)
-    return pd.DataFrame(out)
+    return _ordered(pd.DataFrame(out))
+
+
+def _share(vision: float, llm: float) -> float:
+    """The vision encoder's share of a saving; only defined when neither part got worse (a share
+    of a net saving where one stage slowed down would fall outside [0, 1] and mislead)."""
+    if np.isnan(vision) or np.isnan(llm) or vision < 0 or llm < 0 or vision + llm <= 0:
+        return np.nan
+    return vision / (vision + llm)
+
+
+def _ordered(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows by group, the baseline first, then by setting."""
+    if table.empty:
+        return table
+    key = table.assign(_later=table.method != "baseline")
+    return key.sort_values(["model", "input", "_later", "setting"]).drop(columns="_later").reset_index(drop=True)
 
 
 def _float(value) -> float:
