@@ -216,3 +216,21 @@ def test_report_plan_rejects_unknown_panels():
         build(plan)
     assert validate_offline(build(report_plan(project="p", entity="e", sweep="s", quality="accuracy",
                                               quality_label="acc", costs={"e2e_ms": "e2e"}, summary=[])))["panels"]
+
+
+def test_html_cost_menu_shows_one_cost_at_a_time():
+    from pipeline.report.html import _group_figure
+
+    rows = pareto.prepare(results_table())
+    metric = pareto.choose_quality(rows)
+    points = pareto.frontiers(rows, metric, ["e2e_ms", "total_flops"])
+    mine = points[points.input == "image 448px"]
+    fig = _group_figure(mine, rows, metric, ["e2e_ms", "total_flops"], "t")
+    (menu,) = fig.layout.updatemenus
+    masks = [button.args[0]["visible"] for button in menu.buttons]
+    assert [b.label for b in menu.buttons] == [pareto.COST["e2e_ms"].label, pareto.COST["total_flops"].label]
+    # each trace belongs to exactly one cost; the first cost is what the page opens with
+    assert all(sum(m[i] for m in masks) == 1 for i in range(len(fig.data)))
+    assert [bool(t.visible) for t in fig.data] == masks[0]
+    shown = [t for t, v in zip(fig.data, masks[1]) if v and t.mode == "markers"]
+    assert sorted(x for t in shown for x in t.x) == [7.0, 8.0, 10.0]  # GFLOPs of dart, ipcv, baseline
