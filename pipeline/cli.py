@@ -236,7 +236,8 @@ def evaluate(
         llm = ipcv.LLMPruneConfig(method=llm_method) if llm_method != "none" else None
         source = data
         if data == "synthetic":
-            source = str(write_synthetic(task, tempfile.mkdtemp(prefix=f"ipcv-{task}-"), limit or 8, seed=seed))
+            scratch = tempfile.TemporaryDirectory(prefix=f"ipcv-{task}-")  # removed when the command ends
+            source = str(write_synthetic(task, scratch.name, limit or 8, seed=seed))
         samples = spec.load(source, split=split, limit=limit, media_root=str(media_root) if media_root else None)
         loaded = load_model(model, dtype=dtype, device=device, seed=seed)
         processor = None

@@ -53,6 +53,7 @@ class CellRunner:
         except Exception as err:  # a bad checkpoint fails its cells, not the sweep
             self.load_error = f"model load failed: {type(err).__name__}: {err}"
         self._task_samples: dict[str, tuple[Task, list[Sample]]] = {}
+        self._scratch: tempfile.TemporaryDirectory | None = None
         self.processor = None  # real checkpoints: set from AutoProcessor when available
         if self.model is not None and not _is_preset(model.name):
             try:
@@ -86,8 +87,10 @@ class CellRunner:
         if key not in self._task_samples:
             spec = get_task(task["task"])
             source = task["source"]
-            if source == "synthetic":
-                folder = Path(tempfile.mkdtemp(prefix=f"ipcv-{task['task']}-"))
+            if source == "synthetic":  # rendered once per worker, removed with it
+                if self._scratch is None:
+                    self._scratch = tempfile.TemporaryDirectory(prefix="ipcv-synthetic-")
+                folder = Path(self._scratch.name) / f"{task['task']}-{len(self._task_samples)}"
                 source = str(write_synthetic(task["task"], folder, task["limit"], seed=task["seed"]))
             self._task_samples[key] = (spec, spec.load(source, split=task.get("split"), limit=task.get("limit"),
                                                        media_root=task.get("media_root")))

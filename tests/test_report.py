@@ -225,7 +225,7 @@ def test_html_cost_menu_shows_one_cost_at_a_time():
     metric = pareto.choose_quality(rows)
     points = pareto.frontiers(rows, metric, ["e2e_ms", "total_flops"])
     mine = points[points.input == "image 448px"]
-    fig = _group_figure(mine, rows, metric, ["e2e_ms", "total_flops"], "t")
+    fig = _group_figure(mine, metric, ["e2e_ms", "total_flops"], "t")
     (menu,) = fig.layout.updatemenus
     masks = [button.args[0]["visible"] for button in menu.buttons]
     assert [b.label for b in menu.buttons] == [pareto.COST["e2e_ms"].label, pareto.COST["total_flops"].label]

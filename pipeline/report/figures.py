@@ -8,6 +8,7 @@ same in every figure.
 from __future__ import annotations
 
 import math
+import zlib
 from pathlib import Path
 
 import matplotlib
@@ -27,7 +28,7 @@ STAGE_COLOURS = {"preprocess_ms": "#bbbbbb", "vision_ms": "#1f77b4", "prefill_ms
 
 def method_colour(method: str) -> str:
     palette = plt.get_cmap("tab10").colors
-    index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + hash(method) % 2
+    index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + zlib.crc32(method.encode()) % 2
     return matplotlib.colors.to_hex(palette[index % len(palette)])
 
 

@@ -26,7 +26,7 @@ th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
 """
 
 
-def _group_figure(points: pd.DataFrame, group_rows: pd.DataFrame, quality: Metric, costs: list[str], title: str) -> go.Figure:
+def _group_figure(points: pd.DataFrame, quality: Metric, costs: list[str], title: str) -> go.Figure:
     fig = go.Figure()
     bounds = [0]  # the traces of the k-th cost are fig.data[bounds[k]:bounds[k + 1]]
     labels = []
@@ -86,7 +86,7 @@ def write_html(path: Path, title: str, intro: list[str], rows: pd.DataFrame, poi
     for (model, inp), group in rows.groupby(GROUP, sort=True):
         parts.append(f"<h2>{html.escape(model)} | {html.escape(inp)}</h2>")
         mine = points[(points.model == model) & (points.input == inp)]
-        for fig in (_group_figure(mine, group, quality, costs, f"{quality.label} against cost (menu: which cost)"),
+        for fig in (_group_figure(mine, quality, costs, f"{quality.label} against cost (menu: which cost)"),
                     _stage_figure(group, "time per stage")):
             parts.append(fig.to_html(full_html=False, include_plotlyjs="inline" if first else False))
             first = False
