@@ -241,9 +241,7 @@ def _wandb(result: ReportResult, mode: str, project: str, entity: str | None, sw
         result.files.append(path)
         result.wandb_report = str(path)
         if mode == "online":
-            report = wandb_report.build(plan)
-            report.save()
-            result.wandb_report = report.url
+            result.wandb_report = wandb_report.publish(plan)
     except Exception as err:
         result.notes.append(f"W&B report not saved ({type(err).__name__}: {err}); its definition: {path}")
         log.warning("W&B report failed: %s", err)

@@ -101,9 +101,14 @@ def validate_offline(report) -> dict[str, Any]:
     return {"panels": specs}
 
 
-def publish(plan_file: str | Path) -> str:
-    """Save a plan written offline as a W&B Report (needs W&B login); returns its URL."""
-    plan = json.loads(Path(plan_file).read_text())["plan"]
+def publish(plan_or_file: dict[str, Any] | str | Path) -> str:
+    """Save a plan (or a definition file written offline) as a W&B Report; needs a W&B login.
+    Without an entity in the plan, the logged-in user's default entity owns it. Returns its URL."""
+    plan = plan_or_file if isinstance(plan_or_file, dict) else json.loads(Path(plan_or_file).read_text())["plan"]
+    if not plan.get("entity"):
+        import wandb
+
+        plan = {**plan, "entity": wandb.Api().default_entity}
     report = build(plan)
     report.save()
     return report.url
