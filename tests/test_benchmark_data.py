@@ -11,13 +11,19 @@ import pytest
 from pipeline.evaluation import DataError, check_sources, get_task
 from pipeline.evaluation.sources import uniform_indices
 from pipeline.evaluation.synthetic import COLOURS, write_synthetic
+from tests.benchmark_fixtures import write_fixtures
 
-FIXTURES = Path(__file__).parent / "fixtures" / "benchmarks"
 
 
-def test_mmbench_tsv_with_base64_images():
+@pytest.fixture(scope="module")
+def fixtures(tmp_path_factory) -> Path:
+    """The benchmark fixtures, written for this module (tests/benchmark_fixtures.py)."""
+    return write_fixtures(tmp_path_factory.mktemp("benchmarks"))
+
+
+def test_mmbench_tsv_with_base64_images(fixtures):
     task = get_task("mmbench")
-    first, second = task.load(str(FIXTURES / "mmbench.tsv"))
+    first, second = task.load(str(fixtures / "mmbench.tsv"))
     assert first.options == ["red", "blue", "green"]  # the empty D column ends the options
     assert first.truth == "A" and second.truth == "B" and second.id == "12"
     assert first.prompt == ("What colour is the picture?\nA. red\nB. blue\nC. green\n"
@@ -28,9 +34,9 @@ def test_mmbench_tsv_with_base64_images():
     assert task.score(second, "B") == 1.0 and task.score(second, "red") == 0.0
 
 
-def test_textvqa_jsonl_with_image_files():
+def test_textvqa_jsonl_with_image_files(fixtures):
     task = get_task("textvqa")
-    red, blue = task.load(str(FIXTURES / "textvqa.jsonl"))
+    red, blue = task.load(str(fixtures / "textvqa.jsonl"))
     assert red.prompt == "What is the colour?\nAnswer the question using a single word or phrase."
     assert task.images(blue)[0].size == (42, 56)
     assert task.score(red, "Red") == 1.0
@@ -39,28 +45,28 @@ def test_textvqa_jsonl_with_image_files():
     assert task.metrics([red, blue], ["red", "navy"]) == {"accuracy": 1.0}
 
 
-def test_pope_parquet_in_hf_layout():
+def test_pope_parquet_in_hf_layout(fixtures):
     task = get_task("pope")
-    yes, no = task.load(str(FIXTURES / "pope.parquet"))
+    yes, no = task.load(str(fixtures / "pope.parquet"))
     assert (yes.truth, no.truth, no.category) == ("yes", "no", "adversarial")
     assert task.images(yes)[0].getpixel((1, 1)) == (200, 0, 0)
     m = task.metrics([yes, no], ["Yes.", "Yes, a dog."])
     assert m["accuracy"] == 0.5 and m["precision"] == 0.5 and m["recall"] == 1.0 and m["yes_ratio"] == 1.0
 
 
-def test_ocrbench_json_list():
+def test_ocrbench_json_list(fixtures):
     task = get_task("ocrbench")
-    regular, maths = task.load(str(FIXTURES / "ocrbench.json"))
+    regular, maths = task.load(str(fixtures / "ocrbench.json"))
     assert regular.truth == ["STOP"] and maths.truth == ["x ^ { 2 }"]  # a single answer becomes a list
     assert task.score(regular, "it says stop") == 1.0
     assert task.score(maths, "x^{2}") == 1.0  # HME100k rows ignore whitespace
     assert task.images(maths)[0].size == (42, 56)
 
 
-def test_mvbench_video_file_and_frame_folder():
+def test_mvbench_video_file_and_frame_folder(fixtures):
     pytest.importorskip("av")
     task = get_task("mvbench")
-    clip, folder = task.load(str(FIXTURES / "mvbench.json"))
+    clip, folder = task.load(str(fixtures / "mvbench.json"))
     assert clip.truth == "A" and folder.truth == "A" and folder.options == ["red", "green", "blue"]
     assert folder.prompt.splitlines()[1:4] == ["Options:", "(A) red", "(B) green"]
     frames = task.frames(clip, 4)  # 12 frames, red = 20 * i: the middles of 4 segments are 1, 4, 7, 10
@@ -75,9 +81,9 @@ def test_uniform_indices():
     assert uniform_indices(3, 6) == [0, 0, 1, 1, 2, 2]  # short videos repeat frames
 
 
-def test_hf_save_to_disk_and_limit(tmp_path):
+def test_hf_save_to_disk_and_limit(fixtures, tmp_path):
     datasets = pytest.importorskip("datasets")
-    rows = pd.read_parquet(FIXTURES / "pope.parquet")
+    rows = pd.read_parquet(fixtures / "pope.parquet")
     data = datasets.Dataset.from_pandas(rows).cast_column("image", datasets.Image())
     datasets.DatasetDict({"test": data}).save_to_disk(str(tmp_path / "pope"))
     task = get_task("pope")
@@ -136,8 +142,8 @@ def test_unreadable_inputs(tmp_path):
         check_sources({"tasks": [{"task": "pope", "source": str(tmp_path / "nothing"), "limit": None}]})
 
 
-def test_media_root_and_folder_sources(tmp_path):
-    shutil.copytree(FIXTURES / "images", tmp_path / "media")
+def test_media_root_and_folder_sources(fixtures, tmp_path):
+    shutil.copytree(fixtures / "images", tmp_path / "media")
     rows = [{"question": "q?", "image": "red.png", "answers": ["red"]}]
     (tmp_path / "data").mkdir()
     path = _jsonl(tmp_path / "data" / "t.jsonl", rows)
@@ -175,9 +181,9 @@ def test_synthetic_benchmark_answers_are_true(tmp_path):
         assert len(get_task(name).load(str(write_synthetic(name, tmp_path / name, 3)))) == 3
 
 
-def test_image_folder_with_metadata(tmp_path):
+def test_image_folder_with_metadata(fixtures, tmp_path):
     """The HF imagefolder layout: images beside metadata.jsonl, whose file_name names them."""
-    shutil.copy(FIXTURES / "images" / "red.png", tmp_path / "red.png")
+    shutil.copy(fixtures / "images" / "red.png", tmp_path / "red.png")
     _jsonl(tmp_path / "metadata.jsonl", [{"file_name": "red.png", "question": "Is it red?", "answer": "yes"}])
     task = get_task("pope")
     (sample,) = task.load(str(tmp_path))

@@ -11,13 +11,10 @@ it later is ``publish(plan_file)`` (or ``ipcv-study report OUT --wandb-mode onli
 from __future__ import annotations
 
 import json
-import logging
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-
-log = logging.getLogger(__name__)
 
 STAGE_METRICS = ["preprocess_ms", "vision_ms", "prefill_ms", "decode_ms"]
 SETTING_COLUMNS = ["method", "model.name", "input.resolution", "vision.prune_layer", "vision.reduction_ratio",
