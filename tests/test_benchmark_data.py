@@ -14,7 +14,6 @@ from pipeline.evaluation.synthetic import COLOURS, write_synthetic
 from tests.benchmark_fixtures import write_fixtures
 
 
-
 @pytest.fixture(scope="module")
 def fixtures(tmp_path_factory) -> Path:
     """The benchmark fixtures, written for this module (tests/benchmark_fixtures.py)."""
