@@ -1,14 +1,40 @@
-"""What the benchmark scripts share: the common command-line options and writing results."""
+"""What the benchmark scripts share: command-line options, the Qwen2-VL builds they measure,
+the attention backends, and writing results.
+
+The scripts import the installed ``ipcv`` / ``pipeline`` packages (``pip install -e .``) and this
+module as their sibling (run them as ``python benchmarks/<name>.py``).
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from pipeline.models import build_random, family_named
+
+FAMILY = family_named("qwen2_vl")  # the family the benchmarks measure (the paper's Qwen2-VL)
+SIZES = tuple(s for s in FAMILY.sizes() if s != "tiny")
+
+
+def build(size: str, dtype: str, device: torch.device, attn: str, tower_only: bool = False) -> torch.nn.Module:
+    """A Qwen2-VL architecture size with seeded random weights, built on ``device`` in ``dtype``
+    (``attn`` "sdpa-flash" builds sdpa; ``attention_context`` then forces the flash kernel)."""
+    return build_random(FAMILY, size, dtype=dtype, device=str(device), on_device=True, tower_only=tower_only,
+                        attn_implementation="sdpa" if attn.startswith("sdpa") else attn)
+
+
+def attention_context(attn: str):
+    if attn == "sdpa-flash":
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
+    return contextlib.nullcontext()
 
 
 def parser(doc: str, *, resolutions: str, warmup: int, repeats: int) -> argparse.ArgumentParser:

@@ -8,18 +8,15 @@ Prints one line per check with PASS/FAIL and the figures behind it; exits non-ze
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+import common
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import ipcv
+from pipeline.models import build_tiny, family_of
+from pipeline.models.qwen_vl import random_patches
 
-import ipcv  # noqa: E402
-from benchmarks.vision_encoder import attention_context, build_tower  # noqa: E402
-from pipeline.inputs import random_patches  # noqa: E402
-from pipeline.models import build_tiny  # noqa: E402
-
-failures = 0  # noqa: PLW0603 (module-level tally)
+failures = 0  # module-level tally
 
 
 def report(name: str, ok: bool, detail: str) -> None:
@@ -33,17 +30,17 @@ def main() -> None:
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
-    parser.add_argument("--size", default="7b", help="7b, or small for a CPU dry run")
+    parser.add_argument("--size", choices=common.SIZES, default="7b", help="7b, or small for a CPU dry run")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(name, "torch", torch.__version__, flush=True)
     inp = random_patches([(1, 64, 64), (1, 32, 48)], seed=0)  # 896^2 and 448x672 in one request
     pixels, grid = inp.pixel_values.to(device, torch.bfloat16), inp.grid_thw.to(device)
-    tower = build_tower(args.size, torch.bfloat16, device, "sdpa")
+    tower = common.build(args.size, "bfloat16", device, "sdpa", tower_only=True)
     outs, kept, plain = {}, {}, {}
     for attn in ("sdpa", "sdpa-flash") if device.type == "cuda" else ("sdpa", "eager"):
-        with attention_context(attn), torch.inference_mode():
+        with common.attention_context(attn), torch.inference_mode():
             reference = tower(pixels, grid_thw=grid).pooler_output
             plain[attn] = reference.float()
             with ipcv.apply(tower, vision=ipcv.IPCVConfig(reduction_ratio=0.0)):
@@ -55,7 +52,8 @@ def main() -> None:
                 cos = torch.nn.functional.cosine_similarity(outs[attn], reference.float(), dim=-1)
             report(
                 f"{args.size} bf16 {attn} IPCV runs", bool(torch.isfinite(outs[attn]).all()),
-                f"kept {handle.vision_stats.tokens_kept} of {handle.vision_stats.tokens_in}, cosine to unpatched mean {cos.mean():.4f} min {cos.min():.4f}",
+                f"kept {handle.vision_stats.tokens_kept} of {handle.vision_stats.tokens_in}, "
+                f"cosine to unpatched mean {cos.mean():.4f} min {cos.min():.4f}",
             )
     # Kernels round differently in bf16 and random weights amplify it over 32 blocks: compare the
     # IPCV-patched disagreement between backends with the unpatched one, and the kept sets.
@@ -72,14 +70,15 @@ def main() -> None:
     for name in ("tiny-qwen2-vl", "tiny-qwen2.5-vl"):
         for dtype in ("bfloat16", "float16") if device.type == "cuda" else ("bfloat16",):
             model = build_tiny(name, dtype=dtype).to(device)
+            visual = family_of(model).tower(model)
             small = random_patches([(1, 16, 16), (2, 8, 8)], seed=1)
             args = (small.pixel_values.to(device, getattr(torch, dtype)),)
             with torch.inference_mode():
-                reference = model.model.visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
+                reference = visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
                 with ipcv.apply(model, vision=ipcv.IPCVConfig(reduction_ratio=0.0)):
-                    same = model.model.visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
+                    same = visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
                 with ipcv.apply(model, vision=ipcv.IPCVConfig(budget="per_image", neighbor_scope="same_image")):
-                    out = model.model.visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
+                    out = visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
             report(
                 f"{name} {dtype} cuda", torch.equal(same, reference) and bool(torch.isfinite(out).all()),
                 "ratio 0 identical, per_image/same_image finite",

@@ -7,18 +7,14 @@ slowest operators of one vision-encoder forward, unpatched vs. IPCV (torch.profi
 from __future__ import annotations
 
 import argparse
-import sys
-from pathlib import Path
 
+import common
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ipcv  # noqa: E402
-from benchmarks.vision_encoder import build_tower  # noqa: E402
-from pipeline.inputs import random_patches  # noqa: E402
-from pipeline.models import parse_dtype  # noqa: E402
+import ipcv
+from pipeline.models import parse_dtype
+from pipeline.models.qwen_vl import PATCH, random_patches
 
 
 def summarize(tag: str, prof, device: torch.device) -> None:
@@ -35,12 +31,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--size", default="7b")
+    parser.add_argument("--size", choices=common.SIZES, default="7b")
     parser.add_argument("--resolution", type=int, default=448)
     args = parser.parse_args()
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
-    tower = build_tower(args.size, dtype, device, "sdpa")
-    side = args.resolution // 14
+    tower = common.build(args.size, args.dtype, device, "sdpa", tower_only=True)
+    side = args.resolution // PATCH
     inp = random_patches([(1, side, side)], seed=0)
     pixels, grid = inp.pixel_values.to(device, dtype), inp.grid_thw.to(device)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])

@@ -5,7 +5,7 @@ Builds a whole Qwen2-VL model with random weights (default: Qwen2-VL-7B sizes: L
 sends one image plus a 32-token text prompt, and times the vision encoder and the language
 model's prefill separately (forward hooks, CUDA events) in a ``generate``-style prefill forward
 (``logits_to_keep=1``, cache on). Reports analytic FLOPs (2 per multiply-add; see
-pipeline/llm_flops.py and pipeline/vision_flops.py), image tokens entering / kept in the LLM and
+pipeline/measure/llm_flops.py and pipeline/measure/vision_flops.py), image tokens entering / kept in the LLM and
 KV-cache bytes. ``--size small`` is a reduced model for CPUs, labelled as such.
 
     python benchmarks/llm_prefill.py --device cuda --dtype bfloat16
@@ -15,38 +15,18 @@ KV-cache bytes. ``--size small`` is a reduced model for CPUs, labelled as such.
 from __future__ import annotations
 
 import json
-import sys
 import traceback
-from pathlib import Path
 
+import common
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ipcv  # noqa: E402
-from benchmarks import common  # noqa: E402
-from pipeline.inputs import random_patches  # noqa: E402
-from pipeline.llm_flops import LLMDims, prefill_flops, record_llm_layout  # noqa: E402
-from pipeline.models import parse_dtype  # noqa: E402
-from pipeline.timing import StageClock, clock_name, provenance, summarize  # noqa: E402
-from pipeline.vision_flops import VisionDims, record_vision_layout, vision_flops  # noqa: E402
-
-SIZES = {
-    "7b": dict(
-        text=dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                  intermediate_size=18944, vocab_size=152064,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
-        vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=3584),
-        tokens=dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653),
-    ),
-    "small": dict(
-        text=dict(hidden_size=512, num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=2,
-                  intermediate_size=1536, vocab_size=8192,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [8, 12, 12]}),
-        vision=dict(depth=16, embed_dim=512, num_heads=8, mlp_ratio=4, hidden_size=512),
-        tokens=dict(image_token_id=8000, video_token_id=8001, vision_start_token_id=8002, vision_end_token_id=8003),
-    ),
-}
+import ipcv
+from ipcv.llm import cache_bytes
+from pipeline.measure.llm_flops import prefill_flops, record_llm_layout
+from pipeline.measure.timing import StageClock, clock_name, provenance, summarize
+from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
+from pipeline.models import parse_dtype
+from pipeline.models.qwen_vl import PATCH, random_patches
 
 METHODS = {
     "baseline": dict(),
@@ -58,32 +38,11 @@ METHODS = {
 }
 
 
-def build_model(size: str, dtype: torch.dtype, device: torch.device, attn: str) -> torch.nn.Module:
-    from transformers import Qwen2VLConfig, Qwen2VLForConditionalGeneration
-
-    spec = SIZES[size]
-    config = Qwen2VLConfig(
-        text_config=dict(spec["text"], bos_token_id=0, eos_token_id=1, pad_token_id=2),
-        vision_config=dict(spec["vision"], patch_size=14, spatial_merge_size=2, temporal_patch_size=2),
-        **spec["tokens"],
-    )
-    torch.manual_seed(0)
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        with torch.device(device):
-            model = Qwen2VLForConditionalGeneration(config)
-    finally:
-        torch.set_default_dtype(previous)
-    model.set_attn_implementation(attn)
-    return model.eval()
-
-
 def make_request(size: str, resolution: int, device: torch.device, dtype: torch.dtype) -> dict:
-    tokens = SIZES[size]["tokens"]
-    side = resolution // 14
+    tokens = common.FAMILY.size_spec(size)["tokens"]
+    side = resolution // PATCH
     inp = random_patches([(1, side, side)], seed=resolution)
-    n = side * side // 4
+    n = common.FAMILY.visual_tokens(side * side)
     text = torch.randint(10, 1000, (32,), generator=torch.Generator().manual_seed(0)).tolist()
     ids = [tokens["vision_start_token_id"]] + [tokens["image_token_id"]] * n + [tokens["vision_end_token_id"]] + text
     types = [0] + [1] * n + [0] + [0] * len(text)
@@ -100,24 +59,22 @@ def make_request(size: str, resolution: int, device: torch.device, dtype: torch.
 
 
 def bench(model, request, method: str, warmup: int, repeats: int, device) -> dict:
-    lm, tower = model.model.language_model, model.model.visual
+    lm, tower = common.FAMILY.language_model(model), common.FAMILY.tower(model)
     settings = METHODS[method]
     row: dict = {"method": method}
     with ipcv.apply(model, **settings) as handle:
         with torch.inference_mode():
-            with record_llm_layout(lm, model.lm_head) as llm_layout, record_vision_layout(tower) as vis_layout:
+            with record_llm_layout(lm, common.FAMILY.lm_head(model)) as llm_layout, record_vision_layout(tower) as vis_layout:
                 out = model(**request)
             stats = handle.llm_stats
             selection = stats.selection_flops if stats else 0
-            row["prefill_flops"] = prefill_flops(LLMDims.from_config(lm.config), llm_layout, selection)["total"]
+            row["prefill_flops"] = prefill_flops(common.FAMILY.llm_dims(lm.config), llm_layout, selection)["total"]
             vision_extra = handle.vision_stats.neighbor_search_flops if handle.vision_stats else 0
-            row["vision_flops"] = vision_flops(VisionDims.from_config(tower.config), vis_layout, vision_extra)["total"]
+            row["vision_flops"] = vision_flops(vision_dims(tower), vis_layout, vision_extra)["total"]
             n_image = int((request["input_ids"] == model.config.image_token_id).sum())
             row["image_tokens_llm"] = n_image
             row["image_tokens_kept"] = stats.image_tokens_kept[0] if stats else n_image
-            row["kv_cache_mib"] = sum(
-                t.numel() * t.element_size() for layer in out.past_key_values.layers for t in (layer.keys, layer.values)
-            ) / 2**20
+            row["kv_cache_mib"] = cache_bytes(out.past_key_values) / 2**20
             del out
             with StageClock({"vision": tower, "prefill": lm}, device) as clock:
                 for _ in range(warmup):
@@ -159,12 +116,12 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = common.parser(__doc__, resolutions="448,896,1344", warmup=3, repeats=10)
-    parser.add_argument("--size", choices=sorted(SIZES), default="7b")
+    parser.add_argument("--size", choices=common.SIZES, default="7b")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     args = parser.parse_args()
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
-    model = build_model(args.size, dtype, device, args.attn)
+    model = common.build(args.size, args.dtype, device, args.attn)
     rows = []
     for res in [int(r) for r in args.resolutions.split(",")]:
         request = make_request(args.size, res, device, dtype)
@@ -177,7 +134,7 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     meta = {
-        "size": args.size, "size_config": SIZES[args.size], "dtype": args.dtype, "attn": args.attn,
+        "size": args.size, "size_config": common.FAMILY.size_spec(args.size), "dtype": args.dtype, "attn": args.attn,
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
         "command": common.command_line(),
     }

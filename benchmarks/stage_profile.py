@@ -1,7 +1,7 @@
 """Per-stage profile of a whole Qwen2-VL model (random weights): unpatched vs. IPCV vs. IPCV + DART.
 
-Uses the profiler behind ``ipcv-study profile`` (pipeline/profiler.py) on a model built by
-benchmarks/llm_prefill.py (default: Qwen2-VL-7B sizes), one synthetic image per resolution, and
+Uses the stage measurement behind ``ipcv-study profile`` (pipeline/measure/stages.py) on a
+Qwen2-VL architecture size with random weights (default: Qwen2-VL-7B sizes), one synthetic image per resolution, and
 writes one JSON per cell as it finishes plus a Markdown table.
 
     python benchmarks/stage_profile.py --device cuda --dtype bfloat16 --out results/stages_7b
@@ -10,20 +10,14 @@ writes one JSON per cell as it finishes plus a Markdown table.
 from __future__ import annotations
 
 import json
-import sys
 import traceback
-from pathlib import Path
 
+import common
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ipcv  # noqa: E402
-from benchmarks import common  # noqa: E402
-from benchmarks.llm_prefill import SIZES, build_model  # noqa: E402
-from pipeline.models import parse_dtype  # noqa: E402
-from pipeline.profiler import ProfileSettings, profile  # noqa: E402
-from pipeline.requests import synthetic_spec  # noqa: E402
+import ipcv
+from pipeline.measure.stages import MeasureSettings, measure_request
+from pipeline.models import synthetic_spec
 
 SETTINGS = {
     "unpatched": {},
@@ -56,7 +50,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
             continue
         s = r["stages"]
         flops = {n: " / ".join(_g(s[n]["flops"].get(k)) for k in ("analytic", "fvcore", "flop_counter")) for n in ("vision", "prefill")}
-        mem = " / ".join("-" if s[n]["peak_memory_bytes"] is None else f"{s[n]['peak_memory_bytes'] / 2**20:.0f}" for n in ("vision", "prefill"))
+        mem = " / ".join("-" if s[n]["peak_memory_bytes"] is None else f"{s[n]['peak_memory_bytes'] / 2**20:.0f}"
+                         for n in ("vision", "prefill"))
         kv = "-" if r["kv_cache_bytes"] is None else f"{r['kv_cache_bytes'] / 2**20:.1f}"
         vt, pt = s["vision"]["tokens"], s["prefill"]["tokens"]
         lines.append(
@@ -70,21 +65,22 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = common.parser(__doc__, resolutions="448,896,1344", warmup=2, repeats=5)
-    parser.add_argument("--size", choices=sorted(SIZES), default="7b")
+    parser.add_argument("--size", choices=common.SIZES, default="7b")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--settings", default=",".join(SETTINGS))
     parser.add_argument("--no-flops", action="store_true", help="skip fvcore and FlopCounterMode")
     args = parser.parse_args()
-    device, dtype = torch.device(args.device), parse_dtype(args.dtype)
-    model = build_model(args.size, dtype, device, args.attn)
-    settings = ProfileSettings(warmup=args.warmup, repeats=args.repeats, max_new_tokens=args.max_new_tokens,
+    device = torch.device(args.device)
+    model = common.build(args.size, args.dtype, device, args.attn)
+    settings = MeasureSettings(warmup=args.warmup, repeats=args.repeats, max_new_tokens=args.max_new_tokens,
                                count_flops=not args.no_flops)
     rows = []
     for res in [int(r) for r in args.resolutions.split(",")]:
         for name in args.settings.split(","):
             try:
-                report = profile(model, synthetic_spec(res), model_name=f"qwen2-vl-{args.size}-random", settings=settings, **SETTINGS[name])
+                report = measure_request(model, synthetic_spec(res), model_name=f"qwen2-vl-{args.size}-random",
+                                         settings=settings, **SETTINGS[name])
                 row = {"resolution": res, "setting": name, **report.to_dict()}
             except Exception as err:
                 traceback.print_exc()
@@ -92,7 +88,8 @@ def main() -> None:
             rows.append(row)
             if args.out:
                 args.out.parent.mkdir(parents=True, exist_ok=True)
-                args.out.with_name(f"{args.out.name}_{res}_{name.replace('+', '_')}.json").write_text(json.dumps(row, indent=2, default=str))
+                path = args.out.with_name(f"{args.out.name}_{res}_{name.replace('+', '_')}.json")
+                path.write_text(json.dumps(row, indent=2, default=str))
             print(f"done {res} {name}", flush=True)
     meta = {"size": args.size, "dtype": args.dtype, "attn": args.attn, "warmup": args.warmup, "repeats": args.repeats,
             "max_new_tokens": args.max_new_tokens, "command": common.command_line()}

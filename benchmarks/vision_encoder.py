@@ -14,48 +14,18 @@ package; recorded as unavailable where it is missing).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import statistics
-import sys
 import traceback
-from pathlib import Path
 
+import common
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import ipcv  # noqa: E402
-from benchmarks import common  # noqa: E402
-from pipeline.inputs import random_patches  # noqa: E402
-from pipeline.models import parse_dtype  # noqa: E402
-from pipeline.timing import provenance, time_call  # noqa: E402
-from pipeline.vision_flops import VisionDims, record_vision_layout, vision_flops  # noqa: E402
-
-SIZES = {
-    "7b": dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=3584),
-    "small": dict(depth=16, embed_dim=512, num_heads=8, mlp_ratio=4, hidden_size=1024),
-}
-
-
-def build_tower(size: str, dtype: torch.dtype, device: torch.device, attn: str) -> torch.nn.Module:
-    from transformers import Qwen2VLVisionConfig
-    from transformers.models.qwen2_vl.modeling_qwen2_vl import Qwen2VisionTransformerPretrainedModel
-
-    cfg = Qwen2VLVisionConfig(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, **SIZES[size])
-    cfg._attn_implementation = "sdpa" if attn.startswith("sdpa") else attn
-    torch.manual_seed(0)
-    with torch.device(device):
-        tower = Qwen2VisionTransformerPretrainedModel(cfg)
-    return tower.to(dtype).eval()
-
-
-def attention_context(attn: str):
-    if attn == "sdpa-flash":
-        from torch.nn.attention import SDPBackend, sdpa_kernel
-
-        return sdpa_kernel([SDPBackend.FLASH_ATTENTION])
-    return contextlib.nullcontext()
+import ipcv
+from pipeline.measure.timing import provenance, time_call
+from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
+from pipeline.models import parse_dtype
+from pipeline.models.qwen_vl import PATCH, random_patches
 
 
 def peak_memory_mib(fn, device: torch.device) -> float | None:
@@ -69,17 +39,17 @@ def peak_memory_mib(fn, device: torch.device) -> float | None:
 
 
 def bench_one(tower, res: int, cfg: ipcv.IPCVConfig, attn: str, device, dtype, warmup: int, repeats: int) -> dict:
-    side = res // 14
+    side = res // PATCH
     inp = random_patches([(1, side, side)], seed=res)
     pixels, grid = inp.pixel_values.to(device, dtype), inp.grid_thw.to(device)
-    dims = VisionDims.from_config(tower.config)
+    dims = vision_dims(tower)
 
     def forward():
         with torch.inference_mode():
             return tower(pixels, grid_thw=grid)
 
     row: dict = {"resolution": res, "tokens": int(grid.prod()), "attn": attn}
-    with attention_context(attn):
+    with common.attention_context(attn):
         with record_vision_layout(tower) as layout:
             forward()
         row["flops_base"] = vision_flops(dims, layout)["total"]
@@ -144,7 +114,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = common.parser(__doc__, resolutions="448,896,1344", warmup=5, repeats=20)
-    parser.add_argument("--size", choices=sorted(SIZES), default="7b")
+    parser.add_argument("--size", choices=common.SIZES, default="7b")
     parser.add_argument("--attn", default="sdpa", help="comma list: eager, sdpa, sdpa-flash, flash_attention_2")
     parser.add_argument("--prune-layer", type=int, default=3)
     parser.add_argument("--reduction-ratio", type=float, default=0.65)
@@ -161,7 +131,7 @@ def main() -> None:
     rows = []
     for attn in args.attn.split(","):
         try:
-            tower = build_tower(args.size, dtype, device, attn)
+            tower = common.build(args.size, args.dtype, device, attn, tower_only=True)
         except Exception as err:  # e.g. flash_attention_2 without the flash-attn package
             rows += [{"resolution": r, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]} for r in resolutions]
             continue
@@ -175,7 +145,8 @@ def main() -> None:
             print(json.dumps(row), flush=True)
         del tower
     meta = {
-        "size": args.size, "size_config": SIZES[args.size], "dtype": args.dtype, "ipcv": cfg.to_dict(),
+        "size": args.size, "size_config": common.FAMILY.size_spec(args.size)["vision"],
+        "dtype": args.dtype, "ipcv": cfg.to_dict(),
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
         "command": common.command_line(),
     }

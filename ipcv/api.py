@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ipcv.config import IPCVConfig, LLMPruneConfig
-from ipcv.families import check_blocks, family_of
+from ipcv.families import family_of
 from ipcv.llm import LLMPatch, LLMStats
 from ipcv.stats import VisionStats
 from ipcv.vision import VisionPatch
@@ -74,7 +74,7 @@ class IPCVHandle:
         self.model.__dict__.pop(_HANDLE_ATTR, None)
         self.active = False
 
-    def __enter__(self) -> "IPCVHandle":
+    def __enter__(self) -> IPCVHandle:
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -88,7 +88,7 @@ class IPCVHandle:
 def apply(
     model: nn.Module, *, vision: IPCVConfig | None = None, llm: LLMPruneConfig | None = None
 ) -> IPCVHandle:
-    """Patch ``model`` (a Qwen2-VL / Qwen2.5-VL model, or its vision tower) in place.
+    """Patch ``model`` (a model of a supported family, or its vision tower) in place.
 
     ``vision``: IPCV inside the vision encoder; ``llm``: FastV / DART in the language model's
     prefill (needs the whole model). Either or both. Only this instance changes: another model
@@ -105,18 +105,15 @@ def apply(
         raise RuntimeError("this model is already patched by ipcv.apply; call .remove() on its handle first")
     language_side = family.find_language_side(model) if llm is not None else None
     if language_side is not None:
-        llm.check_depth(len(language_side[1].layers))
-        if language_side[0].__dict__.get("_ipcv_llm_patch") is not None:
+        llm.check_depth(len(language_side.language_model.layers))
+        if language_side.container.__dict__.get("_ipcv_llm_patch") is not None:
             raise RuntimeError("this language model is already patched by ipcv.apply; remove that patch first")
     patch = None
     if vision is not None:
-        tower = family.find_tower(model)
-        blocks = check_blocks(tower, family)
-        patch = VisionPatch(tower, blocks, vision)
+        patch = VisionPatch(family, family.find_tower(model), vision)
     llm_patch = None
     if language_side is not None:
-        container, language_model, token_ids = language_side
-        llm_patch = LLMPatch(container, language_model, llm, token_ids)
+        llm_patch = LLMPatch(language_side, llm)
     handle = IPCVHandle(model, family.name, patch, llm_patch)
     model.__dict__[_HANDLE_ATTR] = handle
     return handle

@@ -8,18 +8,20 @@ an index error deep inside a forward pass.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 Selection = Literal["feature_diff", "random"]
 Restore = Literal["ngr", "frozen"]
 Budget = Literal["global", "per_image"]
 NeighborScope = Literal["global", "same_image"]
+LLMMethod = Literal["dart", "fastv"]
+LLM_METHODS: tuple[str, ...] = get_args(LLMMethod)
 
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "selection": ("feature_diff", "random"),
-    "restore": ("ngr", "frozen"),
-    "budget": ("global", "per_image"),
-    "neighbor_scope": ("global", "same_image"),
+    "selection": get_args(Selection),
+    "restore": get_args(Restore),
+    "budget": get_args(Budget),
+    "neighbor_scope": get_args(NeighborScope),
 }
 
 
@@ -92,9 +94,6 @@ class IPCVConfig:
         return asdict(self)
 
 
-_LLM_METHODS = ("dart", "fastv")
-
-
 def _fail_llm(field: str, value: Any, expected: str) -> None:
     raise ValueError(f"LLMPruneConfig.{field} must be {expected}, got {value!r}")
 
@@ -111,15 +110,15 @@ class LLMPruneConfig:
     - ``pivot_image_tokens`` / ``pivot_text_tokens``: DART's pivots (4 + 4 in the authors' runs).
     """
 
-    method: Literal["dart", "fastv"] = "dart"
+    method: LLMMethod = "dart"
     layer: int = 2
     reduction_ratio: float = 0.778
     pivot_image_tokens: int = 4
     pivot_text_tokens: int = 4
 
     def __post_init__(self) -> None:
-        if self.method not in _LLM_METHODS:
-            _fail_llm("method", self.method, "one of " + ", ".join(repr(m) for m in _LLM_METHODS))
+        if self.method not in LLM_METHODS:
+            _fail_llm("method", self.method, "one of " + ", ".join(repr(m) for m in LLM_METHODS))
         if isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 1:
             _fail_llm("layer", self.layer, "an integer >= 1")
         ratio = self.reduction_ratio

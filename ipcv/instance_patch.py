@@ -7,7 +7,8 @@ else installed, e.g. accelerate's hooks), so the class and other instances stay 
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import nn
 

@@ -22,14 +22,16 @@ unpruned prompt length), so rotary positions stay those of the unpruned sequence
 from __future__ import annotations
 
 import weakref
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ipcv import llm_algorithm as alg
 from ipcv.config import LLMPruneConfig
+from ipcv.families import LanguageSide
 from ipcv.instance_patch import InstanceForwards
 
 
@@ -109,13 +111,8 @@ class _Pruned:
 class LLMPatch:
     """LLM-side pruning installed on one model instance; ``remove()`` restores it exactly."""
 
-    def __init__(
-        self,
-        container: nn.Module,
-        language_model: nn.Module,
-        config: LLMPruneConfig,
-        vision_token_ids: tuple[int, ...],
-    ) -> None:
+    def __init__(self, side: LanguageSide, config: LLMPruneConfig) -> None:
+        container, language_model = side.container, side.language_model
         layers = language_model.layers
         config.check_depth(len(layers))
         container.__dict__["_ipcv_llm_patch"] = self
@@ -123,12 +120,12 @@ class LLMPatch:
         self.language_model = language_model
         self.layers = layers
         self.config = config
-        self.vision_token_ids = vision_token_ids
+        self.vision_token_ids = side.vision_token_ids
         self.last_stats: LLMStats | None = None
         self.force_kept_image_positions: torch.Tensor | None = None  # replay a selection [B, n_keep]
         self._request: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
         self._state: dict[str, Any] | None = None
-        self._pruned_caches: "weakref.WeakKeyDictionary[Any, _Pruned]" = weakref.WeakKeyDictionary()
+        self._pruned_caches: weakref.WeakKeyDictionary[Any, _Pruned] = weakref.WeakKeyDictionary()
         self._hooks = [
             container.register_forward_pre_hook(self._remember_request, with_kwargs=True),
             language_model.register_forward_pre_hook(self._open, with_kwargs=True),
@@ -257,22 +254,10 @@ class LLMPatch:
             cos, sin = kwargs["position_embeddings"]
             keys = alg.apply_rope(_heads(keys, layer.self_attn.head_dim), cos, sin)
             key_l1 = keys.float().abs().sum(dim=(1, 3))  # [B, S]
-            rows = []
-            for b in range(batch):
-                last_image = int(image_positions[b, -1])
-                text = torch.arange(last_image + 1, length, device=h_in.device)
-                text = text[state["valid"][b].to(h_in.device)[text]]
-                pivots = min(cfg.pivot_image_tokens, image_positions.shape[1]) + min(cfg.pivot_text_tokens, text.numel())
-                rows.append(
-                    alg.dart_keep(
-                        states[b], key_l1[b], image_positions[b], text,
-                        cfg.reduction_ratio, cfg.pivot_image_tokens, cfg.pivot_text_tokens,
-                    )
-                )
-            width = min(r.numel() for r in rows)
-            if any(r.numel() != width for r in rows):
-                raise ValueError("DART kept different numbers of image tokens per row; use batch size 1")
-            kept_image = torch.stack(rows)
+            kept_image, pivots = alg.dart_keep_rows(
+                states, key_l1, image_positions, state["valid"].to(h_in.device),
+                cfg.reduction_ratio, cfg.pivot_image_tokens, cfg.pivot_text_tokens,
+            )
         keep = torch.stack([alg.keep_positions(length, image_positions[b], kept_image[b]) for b in range(batch)])
         pruned = _Pruned(keep=keep, prefill_length=length)
         state["stats"] = LLMStats(

@@ -87,6 +87,36 @@ def dart_keep(
     return torch.cat(chosen).sort().values
 
 
+def dart_keep_rows(
+    states: torch.Tensor,
+    key_l1: torch.Tensor,
+    image_positions: torch.Tensor,
+    valid: torch.Tensor,
+    reduction_ratio: float,
+    pivot_image_tokens: int,
+    pivot_text_tokens: int,
+) -> tuple[torch.Tensor, int]:
+    """DART over a batch: ``states [B, S, D]``, ``key_l1 [B, S]``, ``image_positions [B, n]``,
+    ``valid [B, S]`` (False on padding). Each row's text pivots come from its real tokens after
+    its last image/video position. Returns the kept image positions ``[B, n_keep]`` and the pivot
+    count of a row (for the FLOPs of the similarity products). Rows must keep the same number of
+    tokens (a tensor is rectangular), else ``ValueError``."""
+    batch, length = int(key_l1.shape[0]), int(key_l1.shape[1])
+    rows = []
+    pivots = 0
+    for b in range(batch):
+        last_image = int(image_positions[b, -1])
+        text = torch.arange(last_image + 1, length, device=key_l1.device)
+        text = text[valid[b][text]]
+        pivots = min(pivot_image_tokens, image_positions.shape[1]) + min(pivot_text_tokens, text.numel())
+        rows.append(dart_keep(states[b], key_l1[b], image_positions[b], text,
+                              reduction_ratio, pivot_image_tokens, pivot_text_tokens))
+    width = min(r.numel() for r in rows)
+    if any(r.numel() != width for r in rows):
+        raise ValueError("DART kept different numbers of image tokens per row; use batch size 1")
+    return torch.stack(rows), pivots
+
+
 def keep_positions(n_positions: int, image_positions: torch.Tensor, kept_image: torch.Tensor) -> torch.Tensor:
     """All positions of a row except the dropped image positions, sorted: ``[S']``."""
     keep = torch.ones(n_positions, dtype=torch.bool, device=image_positions.device)

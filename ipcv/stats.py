@@ -7,9 +7,9 @@ A fresh ``VisionStats`` is made at the start of every call of the tower, so a ca
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 

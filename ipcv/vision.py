@@ -1,14 +1,16 @@
 """IPCV on a vision tower: per-instance wrappers of its blocks, and the per-forward state.
 
 The tower's own forward is left alone. A forward pre-hook on the tower opens a fresh
-``_ForwardState`` from ``grid_thw``; each block's ``forward`` is replaced on that block instance
+``_ForwardState`` from the images / frames of the call (the family adapter reads them, e.g. from
+Qwen-VL's ``grid_thw``); each block's ``forward`` is replaced on that block instance
 by a function that plays its role for this call:
 
 - blocks 0 .. K-2 run unchanged;
 - block K-1 runs unchanged, then scores tokens, keeps the top share, finds neighbours and hands
   the kept tokens on (the tower's loop carries the shorter tensor from there);
 - blocks K .. K+A-1 (Attention Stabilization) rebuild the full sequence, attend over all tokens
-  with the tower's own ``cu_seqlens`` and position embeddings, and run the MLP on kept tokens;
+  with the tower's own ``cu_seqlens`` and position embeddings, and run the MLP on kept tokens
+  (the family adapter runs the block's parts, ``ipcv/families/``);
 - later blocks run unchanged on the kept tokens with ``cu_seqlens``, ``max_seqlen`` and position
   embeddings sliced to them;
 - the last block rebuilds the full sequence, so the merger, ``last_hidden_state`` and the LLM
@@ -21,14 +23,16 @@ A forward hook (always called, also on an exception) publishes the statistics an
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
 
 from ipcv import algorithm as alg
 from ipcv.config import IPCVConfig
+from ipcv.families import FrameLayout, VisionFamily
 from ipcv.instance_patch import InstanceForwards
 from ipcv.stats import OverheadTimer, VisionStats
 
@@ -82,13 +86,12 @@ class _PrunePlan:
 class _ForwardState:
     """Everything one call of the tower needs; discarded when the call ends."""
 
-    def __init__(self, grid_thw: torch.Tensor, timer: OverheadTimer) -> None:
-        grid = grid_thw.detach().to("cpu", torch.long)
-        frame_sizes = torch.repeat_interleave(grid[:, 1] * grid[:, 2], grid[:, 0])
+    def __init__(self, frames: FrameLayout, timer: OverheadTimer) -> None:
+        frame_sizes = torch.tensor(frames.tokens_per_frame, dtype=torch.long)
         self.frame_cu = torch.nn.functional.pad(frame_sizes.cumsum(0), (1, 0))
         self.stats = VisionStats(
-            frames_per_item=grid[:, 0].tolist(),
-            tokens_in=frame_sizes.tolist(),
+            frames_per_item=list(frames.frames_per_item),
+            tokens_in=list(frames.tokens_per_frame),
         )
         self.timer = timer
         self.plan: _PrunePlan | None = None
@@ -97,11 +100,13 @@ class _ForwardState:
 class VisionPatch:
     """IPCV installed on one vision tower instance; ``remove()`` restores it exactly."""
 
-    def __init__(self, tower: nn.Module, blocks: nn.ModuleList, config: IPCVConfig) -> None:
+    def __init__(self, family: VisionFamily, tower: nn.Module, config: IPCVConfig) -> None:
+        blocks = family.blocks(tower)
         config.check_depth(len(blocks))
         if tower.__dict__.get("_ipcv_vision_patch") is not None:
             raise RuntimeError("this vision tower is already patched by ipcv.apply; remove that patch first")
         tower.__dict__["_ipcv_vision_patch"] = self
+        self.family = family
         self.tower = tower
         self.blocks = blocks
         self.config = config
@@ -118,11 +123,9 @@ class VisionPatch:
 
     # -- hooks on the tower ---------------------------------------------------------------
     def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
-        if grid_thw is None:
-            raise ValueError("IPCV needs grid_thw in the call of the vision tower")
+        frames = self.family.frame_layout(args, kwargs)
         self.last_stats = None
-        self._state = _ForwardState(grid_thw, OverheadTimer(self.time_overhead))
+        self._state = _ForwardState(frames, OverheadTimer(self.time_overhead))
 
     def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
         state, self._state = self._state, None
@@ -140,14 +143,16 @@ class VisionPatch:
             state = self._state
             if state is None or index < k - 1:
                 return original(*args, **kwargs)
-            hidden, kwargs = _split_call(args, kwargs)
+            hidden, kwargs = self.family.split_block_call(args, kwargs)
             if index == k - 1:
                 out = original(hidden, **kwargs)
                 state.plan = self._plan(state, hidden, out)
                 state.stats.prune_layer = k
                 out = out[state.plan.kept]
             elif index < k + a:
-                out = self._stabilized_block(block, state, hidden, kwargs)
+                with state.timer("restoration", hidden.device):
+                    full = state.plan.rebuild(hidden)
+                out = self.family.stabilized_block(block, hidden, full, state.plan.kept, kwargs)
                 state.stats.as_blocks.append(index)
             else:
                 out = original(hidden, **state.plan.kept_call_kwargs(kwargs))
@@ -198,16 +203,6 @@ class VisionPatch:
         state.stats.kept_index = kept
         return _PrunePlan(kept, removed, reconstruct)
 
-    def _stabilized_block(
-        self, block: nn.Module, state: _ForwardState, kept_states: torch.Tensor, kwargs: dict
-    ) -> torch.Tensor:
-        plan = state.plan
-        with state.timer("restoration", kept_states.device):
-            full = plan.rebuild(kept_states)
-        attn_out = block.attn(block.norm1(full), **kwargs)
-        hidden = kept_states + attn_out[plan.kept]
-        return hidden + block.mlp(block.norm2(hidden))
-
     # -- undo -----------------------------------------------------------------------------
     def remove(self) -> None:
         for hook in self._hooks:
@@ -217,18 +212,3 @@ class VisionPatch:
         self._state = None
         self.tower.__dict__.pop("_ipcv_vision_patch", None)
 
-
-def _split_call(args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict]:
-    """Normalise a block call to ``(hidden_states, keyword arguments)``."""
-    kwargs = dict(kwargs)
-    if args:
-        hidden = args[0]
-        if len(args) > 1:
-            kwargs["cu_seqlens"] = args[1]
-        if len(args) > 2:
-            raise TypeError("IPCV expects the vision blocks to be called with keyword arguments")
-    else:
-        hidden = kwargs.pop("hidden_states")
-    if "cu_seqlens" not in kwargs:
-        raise TypeError("IPCV expects the vision tower to pass cu_seqlens to its blocks")
-    return hidden, kwargs

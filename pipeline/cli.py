@@ -10,6 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline import columns
+from pipeline.methods import LLM_METHODS
+
 app = typer.Typer(
     help="IPCV scaling study: what visual-token compression buys, stage by stage.",
     no_args_is_help=True,
@@ -30,7 +33,7 @@ def main() -> None:
 
 # Options shared by the commands: one definition each.
 MODEL = typer.Option("tiny-qwen2-vl", help="Preset name (tiny-qwen2-vl, tiny-qwen2.5-vl), hub id or local path.")
-RESOLUTION = typer.Option(448, help="Image side in pixels (a multiple of 28).")
+RESOLUTION = typer.Option(448, help="Image side in pixels (a multiple of the family's patch grid: 28 for Qwen-VL).")
 PRUNE_LAYER = typer.Option(3, help="IPCV K: tokens scored by block K-1, pruned from block K on (>= 2).")
 REDUCTION_RATIO = typer.Option(0.65, help="IPCV r: share of vision tokens removed, in [0, 1).")
 AS_LAYERS = typer.Option(7, help="IPCV A: Attention Stabilization blocks.")
@@ -43,6 +46,7 @@ DTYPE = typer.Option("float32", help="float32, bfloat16 or float16.")
 DEVICE = typer.Option("cpu", help="cpu or cuda[:N].")
 SEED = typer.Option(0, help="Seed of the tiny model's weights and of the synthetic inputs.")
 JSON_OUT = typer.Option(None, "--json", help="Also write the result as JSON here.")
+LLM_CHOICES = ("none", *LLM_METHODS)
 
 
 def _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed):
@@ -52,6 +56,15 @@ def _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, nei
         prune_layer=prune_layer, reduction_ratio=reduction_ratio, as_layers=as_layers, neighbors=neighbors,
         budget=budget, neighbor_scope=neighbor_scope, selection=selection, restore=restore, seed=seed,
     )
+
+
+def _llm_config(method: str, **settings):
+    """LLM-side pruning of ``method`` (``None`` for "none")."""
+    import ipcv
+
+    if method not in LLM_CHOICES:
+        raise ValueError(f"--llm-method must be one of {', '.join(LLM_CHOICES)}; got {method!r}")
+    return ipcv.LLMPruneConfig(method=method, **settings) if method != "none" else None
 
 
 def _fail(err: Exception, code: int = 2) -> None:
@@ -85,14 +98,17 @@ def demo(
     json_out: Optional[Path] = JSON_OUT,
 ) -> None:
     """Run IPCV on one request's vision encoder: kept tokens, FLOPs saved, feature fidelity."""
-    from pipeline.inputs import synthetic_images
-    from pipeline.models import load_model
-    from pipeline.vision_measure import compare_vision
+    from pipeline.measure.vision_compare import compare_vision
+    from pipeline.models import family_of, load_model, requirements_for
+    from pipeline.models.requests import synthetic_vision_input
 
     try:
         config = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed)
-        inp = synthetic_images(resolution, images, seed=seed)
+        requirements_for(model).check_resolution(resolution)
+        if images < 1:
+            raise ValueError(f"count of images must be >= 1, got {images}")
         loaded = load_model(model, dtype=dtype, device=device, seed=seed)
+        inp = synthetic_vision_input(family_of(loaded), resolution, images, seed=seed)
         result = compare_vision(loaded, inp, config)
     except (ValueError, TypeError) as err:
         _fail(err)
@@ -135,7 +151,7 @@ def profile(
     neighbor_scope: str = NEIGHBOR_SCOPE,
     selection: str = SELECTION,
     restore: str = RESTORE,
-    llm_method: str = typer.Option("none", help="LLM-side pruning: none, dart or fastv."),
+    llm_method: str = typer.Option("none", help="LLM-side pruning: " + ", ".join(LLM_CHOICES) + "."),
     llm_layer: int = typer.Option(2, help="LLM pruning layer K' (>= 1)."),
     llm_ratio: float = typer.Option(0.778, help="LLM pruning ratio r' of image/video tokens, in [0, 1)."),
     dtype: str = DTYPE,
@@ -149,41 +165,31 @@ def profile(
     json_out: Optional[Path] = JSON_OUT,
 ) -> None:
     """Measure one request stage by stage: preprocess, vision, prefill, decode, end to end."""
-    import ipcv
-    from pipeline.models import load_model
-    from pipeline.profiler import ProfileError, ProfileSettings
-    from pipeline.profiler import profile as run_profile
-    from pipeline.requests import RequestSpec, synthetic_spec
+    from pipeline.measure.stages import MeasureSettings, StageError, measure_request
+    from pipeline.models import RequestSpec, load_model, load_processor, requirements_for, synthetic_spec
 
     try:
-        vision = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed) if ipcv_on else None
-        if llm_method not in ("none", "dart", "fastv"):
-            raise ValueError(f"--llm-method must be one of none, dart, fastv; got {llm_method!r}")
-        llm = ipcv.LLMPruneConfig(method=llm_method, layer=llm_layer, reduction_ratio=llm_ratio) if llm_method != "none" else None
-        settings = ProfileSettings(warmup=warmup, repeats=repeats, max_new_tokens=max_new_tokens, count_flops=flops)
+        vision = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore,
+                              seed) if ipcv_on else None
+        llm = _llm_config(llm_method, layer=llm_layer, reduction_ratio=llm_ratio)
+        settings = MeasureSettings(warmup=warmup, repeats=repeats, max_new_tokens=max_new_tokens, count_flops=flops)
+        requirements = requirements_for(model)
+        requirements.check_resolution(resolution)
         if image:
             from PIL import Image
 
-            from pipeline.inputs import check_resolution
-
-            check_resolution(resolution)
             missing = [str(p) for p in image if not p.is_file()]
             if missing:
                 raise ValueError(f"image file(s) not found: {', '.join(missing)}")
             spec = RequestSpec([Image.open(p).convert("RGB") for p in image], [], prompt, resolution)
         else:
-            from pipeline.inputs import check_resolution
-
-            check_resolution(resolution)
-            spec = synthetic_spec(resolution, images=images, video_frames=video_frames, seed=seed, prompt=prompt)
+            spec = synthetic_spec(resolution, images=images, video_frames=video_frames, seed=seed, prompt=prompt,
+                                  requirements=requirements)
         loaded = load_model(model, dtype=dtype, attn_implementation=attn, device=device, seed=seed)
-        processor = None
-        if not _is_preset(model):
-            from transformers import AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(model)
-        report = run_profile(loaded, spec, model_name=model, vision=vision, llm=llm, settings=settings, processor=processor)
-    except ProfileError as err:
+        processor = load_processor(model, required=True)
+        report = measure_request(loaded, spec, model_name=model, vision=vision, llm=llm, settings=settings,
+                                 processor=processor)
+    except StageError as err:
         _fail(err, code=1)
     except (ValueError, TypeError, ImportError) as err:
         _fail(err)
@@ -205,7 +211,7 @@ def evaluate(
     reduction_ratio: float = REDUCTION_RATIO,
     as_layers: int = AS_LAYERS,
     neighbors: int = NEIGHBORS,
-    llm_method: str = typer.Option("none", help="Also prune in the LLM: none, dart or fastv (default settings)."),
+    llm_method: str = typer.Option("none", help="Also prune in the LLM: " + ", ".join(LLM_CHOICES) + " (default settings)."),
     dtype: str = DTYPE,
     device: str = DEVICE,
     max_new_tokens: int = typer.Option(16, min=1, help="Answer length limit."),
@@ -213,51 +219,40 @@ def evaluate(
     out: Optional[Path] = typer.Option(None, help="Write every sample's answers (both runs) here as JSON Lines."),
 ) -> None:
     """Score one benchmark uncompressed and with IPCV: accuracy, and fidelity to the uncompressed answers."""
-    import tempfile
-
-    import ipcv
     from tqdm import tqdm
 
-    from pipeline.evaluation import DataError, get_task
+    from pipeline.evaluation import DataError, check_sources, get_task
     from pipeline.evaluation import runner as ev
-    from pipeline.evaluation.synthetic import write_synthetic
-    from pipeline.inputs import check_resolution
-    from pipeline.models import load_model
-    from pipeline.requests import RequestBuilder
+    from pipeline.measure.stages import compressed
+    from pipeline.models import is_preset, requirements_for
+    from pipeline.sweep.executor import CellExecutor
+    from pipeline.sweep.spec import ModelSpec, TaskSpec
 
     try:
         spec = get_task(task)
-        check_resolution(resolution)
-        if frames < 2 or frames % 2:
-            raise ValueError(f"--frames must be an even number >= 2, got {frames}")
+        requirements_for(model).check_resolution(resolution)
+        requirements_for(model).check_frames(frames)
         vision = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, "global", "global", "feature_diff", "ngr", seed)
-        if llm_method not in ("none", "dart", "fastv"):
-            raise ValueError(f"--llm-method must be one of none, dart, fastv; got {llm_method!r}")
-        llm = ipcv.LLMPruneConfig(method=llm_method) if llm_method != "none" else None
-        source = data
-        if data == "synthetic":
-            scratch = tempfile.TemporaryDirectory(prefix=f"ipcv-{task}-")  # removed when the command ends
-            source = str(write_synthetic(task, scratch.name, limit or 8, seed=seed))
-        samples = spec.load(source, split=split, limit=limit, media_root=str(media_root) if media_root else None)
-        loaded = load_model(model, dtype=dtype, device=device, seed=seed)
-        processor = None
-        if not _is_preset(model):
-            from transformers import AutoProcessor
-
-            processor = AutoProcessor.from_pretrained(model)
-        builder = RequestBuilder(loaded, processor)
+        llm = _llm_config(llm_method)
+        task_config = TaskSpec(task=task, source=data, split=split, limit=limit, frames=frames, seed=seed,
+                               media_root=str(media_root) if media_root else None).cell_config()
+        check_sources({"tasks": [task_config]})  # a wrong path or row stops here, before a model loads
+        executor = CellExecutor(ModelSpec(name=model, dtype=dtype, seed=seed), device=device)
+        if executor.model is None:
+            raise ValueError(executor.load_error)
+        samples = executor.task_samples(task_config)[1]
         runs = {}
         with tqdm(total=2 * len(samples), unit="sample", desc=task) as bar:
-            runs["uncompressed"] = ev.answer_all(loaded, builder, spec, samples, resolution, frames, max_new_tokens, bar.update)
-            with ipcv.apply(loaded, vision=vision, llm=llm):
-                runs["compressed"] = ev.answer_all(loaded, builder, spec, samples, resolution, frames, max_new_tokens, bar.update)
+            runs["uncompressed"] = executor.answers(task_config, resolution, max_new_tokens, bar.update)
+            with compressed(executor.model, vision, llm):
+                runs["compressed"] = executor.answers(task_config, resolution, max_new_tokens, bar.update)
     except (DataError, ValueError, TypeError, ImportError) as err:
         _fail(err)
     scores = {name: ev.score(spec, samples, a, runs["uncompressed"] if name == "compressed" else None)
               for name, a in runs.items()}
     what = f"IPCV r={reduction_ratio}" + (f" + {llm_method}" if llm else "")
     view = Table(title=f"{task}: {len(samples)} samples at {resolution}px, {model}"
-                 + (" (random weights: chance-level accuracy)" if _is_preset(model) else ""))
+                 + (" (random weights: chance-level accuracy)" if is_preset(model) else ""))
     view.add_column("figure")
     view.add_column("uncompressed")
     view.add_column(what)
@@ -290,12 +285,6 @@ def synthesize(
     for name in names:
         path = write_synthetic(name, out / name, samples, seed=seed)
         console.print(f"{name}: {samples} rows -> {path}")
-
-
-def _is_preset(name: str) -> bool:
-    from pipeline.models import PRESETS
-
-    return name in PRESETS
 
 
 _TOKEN_LABELS = {
@@ -352,21 +341,26 @@ def run(
     node_ip: Optional[str] = typer.Option(None, help="This machine's IP as the cluster at --address knows it."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells already finished in --out (a rerun resumes too)."),
     wandb_mode: Optional[str] = typer.Option(None, help="Override the profile's W&B mode: offline, online or disabled."),
+    executor: str = typer.Option("ray", help="ray (actors: a local Ray on 127.0.0.1, or the cluster at --address) "
+                                 "or local (every cell in this process, no Ray: one GPU or a CPU)."),
 ) -> None:
-    """Run a sweep: every cell of the profile on Ray, results to Parquet and W&B, resumable."""
+    """Run a sweep: every cell of the profile on Ray (or in this process), results to Parquet and W&B, resumable."""
     import shutil
 
-    from pipeline.spec import ProfileError, load_spec
-    from pipeline.sweep import run_sweep
+    from pipeline.sweep.driver import EXECUTORS, run_sweep
+    from pipeline.sweep.grid import expand
+    from pipeline.sweep.spec import ProfileError, load_spec
 
     try:
+        if executor not in EXECUTORS:
+            raise ProfileError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+        if executor == "local" and address:
+            raise ProfileError("--address needs --executor ray")
         spec = load_spec(profile_path)
         if wandb_mode is not None:
             if wandb_mode not in ("offline", "online", "disabled"):
                 raise ProfileError(f"--wandb-mode must be offline, online or disabled, got {wandb_mode!r}")
             spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"mode": wandb_mode})})
-        from pipeline.grid import expand
-
         cells = expand(spec)
     except ProfileError as err:
         _fail(err)
@@ -377,12 +371,21 @@ def run(
     from pipeline.evaluation import DataError
 
     try:
-        summary = run_sweep(spec, out_dir, address=address, node_ip_address=node_ip)
+        summary = run_sweep(spec, out_dir, address=address, node_ip_address=node_ip, executor=executor)
     except DataError as err:
         _fail(err)
     _print_sweep(summary)
     if summary.interrupted:
         raise typer.Exit(130)
+
+
+def _summary_cell(group, column: columns.Column) -> str:
+    """A column over a group of rows: the median of a cost, the mean of a quality; - when missing."""
+    if column.name not in group or group[column.name].isna().all():
+        return "-"
+    values = group[column.name]
+    value = values.median() if column.unit in ("ms", "FLOPs", "bytes") else values.mean()
+    return column.show(value)
 
 
 def _print_sweep(summary) -> None:
@@ -393,19 +396,12 @@ def _print_sweep(summary) -> None:
         ok = table[table.status == "ok"]
         view = Table(title="Sweep summary (medians; CPU figures are CPU time; fidelity is agreement with the uncompressed "
                            "model; accuracy is the mean benchmark score, chance level for random-weight models)")
-        for column in ("model", "input", "method", "vision ms", "prefill ms", "GFLOPs", "answer match", "feature cos",
-                       "accuracy"):
-            view.add_column(column)
+        figures = [columns.get(name) for name in columns.SUMMARY]
+        for header in ("model", "input", "method", *(c.header or c.name for c in figures)):
+            view.add_column(header)
         grouped = ok.groupby(["model", "input_kind", "group_resolution", "method"], dropna=False)
         for (model, kind, res, method), g in grouped:
-            view.add_row(
-                str(model), f"{kind} {res}", str(method),
-                f"{g['vision_ms'].median():.1f}", f"{g['prefill_ms'].median():.1f}",
-                f"{g['total_flops'].median() / 1e9:.2f}",
-                f"{g['fidelity_answer_match'].mean():.2f}",
-                "-" if g["fidelity_feature_cosine"].isna().all() else f"{g['fidelity_feature_cosine'].mean():.4f}",
-                "-" if "accuracy" not in g or g["accuracy"].isna().all() else f"{g['accuracy'].mean():.3f}",
-            )
+            view.add_row(str(model), f"{kind} {res}", str(method), *(_summary_cell(g, c) for c in figures))
         console.print(view)
         failed = table[table.status != "ok"]
         for _, row in failed.iterrows():
@@ -423,10 +419,9 @@ def _print_sweep(summary) -> None:
 def report(
     out_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="A sweep's output directory (holds results.parquet or cells/)."),
     quality: str = typer.Option("auto", help="Quality axis: auto (accuracy of real-weight models, else fidelity), "
-                                "accuracy, an acc_<task> column, fidelity_benchmark_answer_match, fidelity_answer_match, "
-                                "fidelity_top1_agreement, fidelity_first_token_kl or fidelity_feature_cosine."),
-    cost: Optional[list[str]] = typer.Option(None, help="Cost axes (repeat): e2e_ms, vision_ms, prefill_ms, total_flops, "
-                                             "peak_bytes. Default: all that were measured."),
+                                "an acc_<task> column, or one of " + ", ".join(columns.QUALITY) + "."),
+    cost: Optional[list[str]] = typer.Option(None, help="Cost axes (repeat): " + ", ".join(columns.COSTS)
+                                             + ". Default: all that were measured."),
     wandb_mode: Optional[str] = typer.Option(None, help="offline, online or disabled (default: the sweep profile's)."),
 ) -> None:
     """Pareto analysis of a sweep: frontier tables, speed-ups, per-stage breakdowns, plots, HTML, W&B report."""
@@ -457,7 +452,7 @@ def check(
 ) -> None:
     """Efficiency gate: rerun a small fixed profile and compare with a baseline; exit 1 on a regression."""
     from pipeline import gate
-    from pipeline.spec import ProfileError, load_spec
+    from pipeline.sweep.spec import ProfileError, load_spec
 
     try:
         spec = load_spec(profile_path)

@@ -19,101 +19,41 @@ import torch
 import transformers
 
 import ipcv
-from pipeline.grid import Cell, expand
-from pipeline.spec import ProfileError, SweepSpec
-from pipeline.worker import CellRunner
+from pipeline import columns
+from pipeline.sweep.executor import run_inline
+from pipeline.sweep.grid import expand
+from pipeline.sweep.spec import ProfileError, SweepSpec
 
-# figure -> (kind, tolerance, worse direction). kind: exact | close (abs tolerance) | ratio (relative band)
+# figure -> (kind, tolerance, worse direction), from the column schema: exact | close (absolute
+# tolerance) | ratio (relative band)
 FIGURES: dict[str, tuple[str, float, str]] = {
-    "vision_flops": ("exact", 0, "higher"),
-    "prefill_flops": ("exact", 0, "higher"),
-    "vision_tokens_in": ("exact", 0, "higher"),
-    "vision_tokens_kept": ("exact", 0, "higher"),
-    "llm_visual_tokens_in": ("exact", 0, "higher"),
-    "llm_visual_tokens_kept": ("exact", 0, "higher"),
-    "kv_cache_bytes": ("exact", 0, "higher"),
-    "fidelity_answer_match": ("close", 0.0, "lower"),
-    "fidelity_top1_agreement": ("close", 0.0, "lower"),
-    "fidelity_first_token_kl": ("close", 1e-3, "higher"),
-    "fidelity_feature_cosine": ("close", 1e-4, "lower"),
-    # a stage-time ratio may rise by this share before it counts (the tiny LLM's prefill is a few ms
-    # on a CPU and jitters more than the vision encoder)
-    "vision_time_ratio": ("ratio", 0.5, "higher"),
-    "prefill_time_ratio": ("ratio", 1.0, "higher"),
+    c.name: (c.gate.kind, c.gate.tolerance, c.worse) for c in map(columns.get, columns.GATED)
 }
+RATIO_REPEATS = 9
 
 
 def versions() -> dict[str, str]:
     return {"torch": torch.__version__, "transformers": transformers.__version__, "ipcv": ipcv.__version__}
 
 
-def _key(cell: Cell) -> str:
-    inp = cell.input
-    what = f"{inp.kind}{inp.resolution}" + (f"x{inp.frames}f" if inp.frames else "")
-    return f"{cell.model.name}|{what}|{cell.method}"
-
-
-RATIO_REPEATS = 9
-
-
 def measure(spec: SweepSpec) -> dict[str, float | None]:
     """Run every cell of ``spec`` in this process and return its gate figures by key."""
     cells = expand(spec)
-    keys = [_key(c) for c in cells]
+    keys = [c.key for c in cells]
     if len(set(keys)) != len(keys):
         raise ProfileError("the gate profile must have one setting per method (cell keys model|input|method repeat)")
     figures: dict[str, float | None] = {}
-    for model in spec.models:
-        runner = CellRunner(model)
-        references: dict[tuple, Any] = {}
-        mine = [c for c in cells if c.model == model]
-        for cell in mine:
-            if cell.reference_key not in references:
-                references[cell.reference_key] = runner.reference(cell.reference_input, spec.measurement.max_new_tokens,
-                                                                   cell.evaluation)
-            row = runner.run(cell, references[cell.reference_key])
-            if row["status"] != "ok":
-                raise RuntimeError(f"gate cell {_key(cell)} failed: {row['error']}")
-            for name, (kind, _, _) in FIGURES.items():
-                value = row.get(name)
-                if kind != "ratio" and value is not None and not (isinstance(value, float) and math.isnan(value)):
-                    figures[f"{_key(cell)}|{name}"] = float(value)
-        for cell in mine:
-            if cell.method != "baseline":
-                for stage, ratio in time_ratios(runner, cell).items():
-                    figures[f"{_key(cell)}|{stage}_time_ratio"] = ratio
+    for executor, cell, row in run_inline(cells, spec.measurement.max_new_tokens):
+        if row["status"] != "ok":
+            raise RuntimeError(f"gate cell {cell.key} failed: {row['error']}")
+        for name, (kind, _, _) in FIGURES.items():
+            value = row.get(name)
+            if kind != "ratio" and value is not None and not (isinstance(value, float) and math.isnan(value)):
+                figures[f"{cell.key}|{name}"] = float(value)
+        if cell.method != "baseline":
+            for stage, ratio in executor.time_ratios(cell, RATIO_REPEATS).items():
+                figures[f"{cell.key}|{stage}_time_ratio"] = ratio
     return figures
-
-
-def time_ratios(runner: CellRunner, cell: Cell) -> dict[str, float]:
-    """Stage time with the cell's method over stage time without it, from interleaved runs
-    (unpatched, patched, unpatched, ...) so that drift of a noisy machine cancels out."""
-    from pipeline.timing import StageClock
-
-    model = runner.model
-    request = runner._request(cell.input)
-    vision = ipcv.IPCVConfig(**cell.vision) if cell.vision else None
-    llm = ipcv.LLMPruneConfig(**cell.llm) if cell.llm else None
-    device = next(model.parameters()).device
-    samples: dict[bool, dict[str, list[float]]] = {False: {"vision": [], "prefill": []}, True: {"vision": [], "prefill": []}}
-    with StageClock({"vision": model.model.visual, "prefill": model.model.language_model}, device) as clock:
-        for i in range(2 + RATIO_REPEATS):
-            for patched in (False, True):
-                handle = ipcv.apply(model, vision=vision, llm=llm) if patched else None
-                with torch.inference_mode():
-                    model(**request, logits_to_keep=1)
-                if handle:
-                    handle.remove()
-                taken = clock.take()
-                if i >= 2:  # two warm-up rounds
-                    for stage in ("vision", "prefill"):
-                        samples[patched][stage] += taken[stage]
-    import statistics
-
-    return {
-        stage: statistics.median(samples[True][stage]) / statistics.median(samples[False][stage])
-        for stage in ("vision", "prefill")
-    }
 
 
 @dataclass
@@ -161,7 +101,8 @@ def compare(baseline: dict[str, Any], figures: dict[str, float | None]) -> GateR
         kind, tolerance, worse = stated.get(figure, FIGURES[figure])  # the baseline states its tolerances
         old, new = recorded.get(key), figures.get(key)
         if old is None or new is None:
-            result.deltas.append(Delta(key, old, new, worse, regression=new is None, note="figure appeared" if old is None else "figure disappeared"))
+            note = "figure appeared" if old is None else "figure disappeared"
+            result.deltas.append(Delta(key, old, new, worse, regression=new is None, note=note))
             continue
         if kind == "exact":
             moved = new != old

@@ -5,6 +5,7 @@
     ray job submit --address http://HEAD:8265 --working-dir . -- python scripts/launch_sweep.py profiles/smoke.yaml
 
 Connects to the running cluster (``address="auto"``) and otherwise behaves like ``ipcv-study run``.
+Needs the project installed on the node it runs on (``ray_cluster.yaml``'s setup commands do it).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from pipeline.spec import ProfileError, load_spec  # noqa: E402
-from pipeline.sweep import run_sweep  # noqa: E402
+from pipeline.sweep.driver import run_sweep
+from pipeline.sweep.spec import ProfileError, load_spec
 
 
 def main() -> int:

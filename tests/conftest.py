@@ -13,8 +13,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from transformers.utils import logging as hf_logging
 
-from pipeline.inputs import VisionInput, random_patches
-from pipeline.models import build_tiny
+from pipeline.models import VisionInput, build_tiny
+from pipeline.models.qwen_vl import random_patches
 
 hf_logging.set_verbosity_error()
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import pytest
 
 import ipcv
-from pipeline import fidelity
 from pipeline.evaluation import get_task
 from pipeline.evaluation.runner import fit_pixels, request_for
 from pipeline.evaluation.synthetic import answer_vocabulary, write_synthetic
-from pipeline.grid import expand
-from pipeline.requests import RequestBuilder
-from pipeline.spec import ProfileError, parse_spec
-from pipeline.worker import CellRunner
+from pipeline.measure import fidelity
+from pipeline.models import request_builder
+from pipeline.sweep.executor import CellExecutor
+from pipeline.sweep.grid import expand
+from pipeline.sweep.spec import ProfileError, parse_spec
 from tests.conftest import tiny
 
 
@@ -26,7 +26,7 @@ def mmbench_samples(tmp_path_factory):
 def test_fidelity_is_perfect_at_ratio_zero_and_falls_as_the_ratio_rises(name, mmbench_samples):
     task, samples = mmbench_samples
     model = tiny(name)
-    builder = RequestBuilder(model)
+    builder = request_builder(model)
     requests = [builder(request_for(task, s, 224, 8)) for s in samples]
     references = [fidelity.collect(model, r, max_new_tokens=2) for r in requests]
     curves = {}
@@ -54,7 +54,7 @@ def test_cell_runner_scores_benchmarks_and_agrees_with_itself_at_ratio_zero():
                        "max_new_tokens": 4},
     })
     cells = expand(spec)
-    runner = CellRunner(spec.models[0])
+    runner = CellExecutor(spec.models[0])
     reference = runner.reference(cells[0].reference_input, 2, cells[0].evaluation)
     zero, high = (runner.run(c, reference) for c in cells)
     assert zero["status"] == high["status"] == "ok", (zero["error"], high["error"])
@@ -79,7 +79,7 @@ def test_a_broken_benchmark_image_fails_the_cell_with_its_row(tmp_path):
         "evaluation": {"tasks": [{"task": "textvqa", "source": str(tmp_path / "t.jsonl")}]},
     })
     (cell,) = expand(spec)
-    runner = CellRunner(spec.models[0])
+    runner = CellExecutor(spec.models[0])
     row = runner.run(cell, runner.reference(cell.reference_input, 1, cell.evaluation))
     assert row["status"] == "failed" and "textvqa row 1" in row["error"] and "missing.png" in row["error"]
 
@@ -98,7 +98,7 @@ def test_evaluation_profiles_are_validated_and_keep_other_cell_ids():
 
 
 def test_tiny_tokenizer_decodes_the_answer_words():
-    builder = RequestBuilder(tiny("tiny-qwen2-vl"))
+    builder = request_builder(tiny("tiny-qwen2-vl"))
     assert builder.tokenizer.collisions == []
     words = sorted(set(answer_vocabulary()))
     assert builder.decode(builder.tokenizer(" ".join(words))) == " ".join(words)

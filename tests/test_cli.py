@@ -1,5 +1,6 @@
 import json
 import re
+from pathlib import Path
 
 from typer.testing import CliRunner
 
@@ -67,3 +68,19 @@ def test_evaluate_bad_data_gives_the_row(tmp_path):
     assert result.exit_code == 2 and "unknown task 'vqav9'" in result.output
     result = runner.invoke(app, ["synthesize", str(tmp_path), "--task", "nope"])
     assert result.exit_code == 2 and "unknown task(s) nope" in result.output
+
+
+def test_run_with_the_local_executor_needs_no_ray(tmp_path):
+    import ray
+
+    profile = str(Path(__file__).resolve().parents[1] / "profiles" / "tiny-test.yaml")
+    args = ["run", profile, "--out", str(tmp_path), "--wandb-mode", "disabled", "--executor", "local"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert "6 ok, 0 failed, 0 already done (of 6)" in result.output and not ray.is_initialized()
+    again = runner.invoke(app, args)
+    assert "0 ok, 0 failed, 6 already done (of 6)" in again.output
+    for bad, message in ((["--executor", "dask"], "--executor must be one of ray, local"),
+                         (["--executor", "local", "--address", "auto"], "--address needs --executor ray")):
+        result = runner.invoke(app, ["run", profile, *bad])
+        assert result.exit_code == 2 and message in result.output, result.output

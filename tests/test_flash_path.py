@@ -11,7 +11,7 @@ import torch
 from transformers import AttentionInterface
 
 import ipcv
-from pipeline.inputs import random_patches
+from pipeline.models.qwen_vl import random_patches
 from tests.conftest import run_tower, tiny, tower_of
 
 CALLS: list[tuple[list[int], int]] = []

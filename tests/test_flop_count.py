@@ -4,10 +4,10 @@ import pytest
 import torch
 
 import ipcv
-from pipeline.flop_count import PREFILL, VISION, flop_counter_flops, fvcore_flops
-from pipeline.inputs import random_patches
-from pipeline.llm_flops import LLMDims, prefill_flops, record_llm_layout
-from pipeline.vision_flops import VisionDims, record_vision_layout, vision_flops
+from pipeline.measure.flop_count import PREFILL, VISION, flop_counter_flops, fvcore_flops
+from pipeline.measure.llm_flops import LLMDims, prefill_flops, record_llm_layout
+from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
+from pipeline.models.qwen_vl import random_patches
 from tests.conftest import multimodal_request, tiny
 
 SETTINGS = [
@@ -25,7 +25,7 @@ def analytic(model, request, handle):
     vstats = handle.vision_stats if handle else None
     lstats = handle.llm_stats if handle else None
     return {
-        VISION: vision_flops(VisionDims.from_config(tower.config), vl, vstats.neighbor_search_flops if vstats else 0)["total"],
+        VISION: vision_flops(vision_dims(tower), vl, vstats.neighbor_search_flops if vstats else 0)["total"],
         PREFILL: prefill_flops(LLMDims.from_config(lm.config), ll, lstats.selection_flops if lstats else 0)["total"],
     }
 
@@ -66,7 +66,7 @@ def test_ipcv_reduction_equals_the_formula():
     N, M = sum(n), sum(kept)
 
     def block(tokens_attn, segments, tokens_mlp):  # 2 FLOPs per MAC
-        return 2 * (tokens_attn * 4 * D * D + 2 * sum(l * l for l in segments) * D + tokens_mlp * 2 * D * H)
+        return 2 * (tokens_attn * 4 * D * D + 2 * sum(n * n for n in segments) * D + tokens_mlp * 2 * D * H)
 
     full = block(N, n, N)
     expected_base_blocks = depth * full

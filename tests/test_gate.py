@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 
 from pipeline import gate
 from pipeline.cli import app
-from pipeline.spec import parse_spec
+from pipeline.sweep.spec import parse_spec
 
 PROFILE = {
     "name": "gate-test",

@@ -9,7 +9,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ipcv
-from pipeline.llm_flops import LLMDims, prefill_flops, record_llm_layout
+from pipeline.measure.llm_flops import LLMDims, prefill_flops, record_llm_layout
 from tests.conftest import multimodal_request, tiny
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import ipcv
-from pipeline.inputs import random_patches
+from pipeline.models.qwen_vl import random_patches
 from tests.conftest import IMAGE_TOKEN, multimodal_request, tiny
 
 K = 2  # prune from decoder layer 2 of 4
@@ -204,10 +204,11 @@ def test_batch_with_left_padding_matches_single_rows(family):
     single[1]["attention_mask"] = torch.ones_like(single[1]["input_ids"])
     single[1]["mm_token_type_ids"] = torch.cat([single[1]["mm_token_type_ids"], torch.zeros(1, 2, dtype=torch.long)], 1)
     pad = 2
+    zeros = torch.zeros(1, pad, dtype=torch.long)
     batch = {
         "input_ids": torch.cat([torch.cat([torch.full((1, pad), 2), single[0]["input_ids"]], 1), single[1]["input_ids"]]),
-        "attention_mask": torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), single[0]["attention_mask"]], 1), single[1]["attention_mask"]]),
-        "mm_token_type_ids": torch.cat([torch.cat([torch.zeros(1, pad, dtype=torch.long), single[0]["mm_token_type_ids"]], 1), single[1]["mm_token_type_ids"]]),
+        "attention_mask": torch.cat([torch.cat([zeros, single[0]["attention_mask"]], 1), single[1]["attention_mask"]]),
+        "mm_token_type_ids": torch.cat([torch.cat([zeros, single[0]["mm_token_type_ids"]], 1), single[1]["mm_token_type_ids"]]),
         "pixel_values": torch.cat([single[0]["pixel_values"], single[1]["pixel_values"]]),
         "image_grid_thw": torch.cat([single[0]["image_grid_thw"], single[1]["image_grid_thw"]]),
     }
@@ -226,10 +227,11 @@ def test_batch_with_different_image_counts_is_refused(family):
     b = multimodal_request(random_patches([(1, 4, 8)], seed=23))
     length = a["input_ids"].shape[1]
     pad = length - b["input_ids"].shape[1]
+    zeros = torch.zeros(1, pad, dtype=torch.long)
     batch = {
         "input_ids": torch.cat([a["input_ids"], torch.cat([torch.full((1, pad), 2), b["input_ids"]], 1)]),
-        "attention_mask": torch.cat([a["attention_mask"], torch.cat([torch.zeros(1, pad, dtype=torch.long), b["attention_mask"]], 1)]),
-        "mm_token_type_ids": torch.cat([a["mm_token_type_ids"], torch.cat([torch.zeros(1, pad, dtype=torch.long), b["mm_token_type_ids"]], 1)]),
+        "attention_mask": torch.cat([a["attention_mask"], torch.cat([zeros, b["attention_mask"]], 1)]),
+        "mm_token_type_ids": torch.cat([a["mm_token_type_ids"], torch.cat([zeros, b["mm_token_type_ids"]], 1)]),
         "pixel_values": torch.cat([a["pixel_values"], b["pixel_values"]]),
         "image_grid_thw": torch.cat([a["image_grid_thw"], b["image_grid_thw"]]),
     }

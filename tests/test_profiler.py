@@ -8,12 +8,12 @@ from typer.testing import CliRunner
 
 import ipcv
 from pipeline.cli import app
-from pipeline.inputs import image_processor
-from pipeline.profiler import STAGES, ProfileError, ProfileSettings, profile
-from pipeline.requests import synthetic_spec, video_patches
+from pipeline.measure.stages import STAGES, MeasureSettings, StageError, measure_request
+from pipeline.models import synthetic_spec
+from pipeline.models.qwen_vl import image_processor, video_patches
 from tests.conftest import tiny
 
-FAST = ProfileSettings(warmup=1, repeats=2, max_new_tokens=3)
+FAST = MeasureSettings(warmup=1, repeats=2, max_new_tokens=3)
 
 
 @pytest.mark.parametrize(
@@ -22,7 +22,7 @@ FAST = ProfileSettings(warmup=1, repeats=2, max_new_tokens=3)
 )
 def test_stages_are_measured_and_add_up(family, settings):
     model = tiny(family)
-    report = profile(model, synthetic_spec(224, images=2), model_name=family, settings=FAST, **settings)
+    report = measure_request(model, synthetic_spec(224, images=2), model_name=family, settings=FAST, **settings)
     times = {name: report.stages[name].time for name in STAGES}
     assert all(t is not None and t.median_ms > 0 and t.repeats == 2 for t in times.values())
     parts = sum(times[n].median_ms for n in ("preprocess", "vision", "prefill", "decode"))
@@ -53,7 +53,7 @@ def test_video_request_and_patch_layout():
     same, _ = video_patches([spec.video_frames[0]] * 2, 112)
     reference = image_processor(112)(images=[spec.video_frames[0]], return_tensors="pt")["pixel_values"]
     torch.testing.assert_close(same, reference)
-    report = profile(tiny("tiny-qwen2.5-vl"), spec, model_name="tiny", vision=ipcv.IPCVConfig(budget="per_image"), settings=FAST)
+    report = measure_request(tiny("tiny-qwen2.5-vl"), spec, model_name="tiny", vision=ipcv.IPCVConfig(budget="per_image"), settings=FAST)
     assert report.stages["vision"].tokens["patches_in"] == 128
     assert report.stages["vision"].tokens["kept_after_prune_layer"] == 2 * (64 * 35 // 100)
 
@@ -65,15 +65,15 @@ def test_out_of_memory_names_the_stage_and_shapes(monkeypatch):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
 
     monkeypatch.setattr(model.model.visual, "forward", no_memory)
-    with pytest.raises(ProfileError) as err:
-        profile(model, synthetic_spec(224), model_name="tiny", settings=FAST)
+    with pytest.raises(StageError) as err:
+        measure_request(model, synthetic_spec(224), model_name="tiny", settings=FAST)
     message = str(err.value)
     assert "stage 'prefill'" in message and "pixel_values (256, 1176)" in message and "20.00 GiB" in message
 
 
 def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="repeats >= 1"):
-        ProfileSettings(repeats=0)
+        MeasureSettings(repeats=0)
     with pytest.raises(ValueError, match="even number"):
         synthetic_spec(224, video_frames=3)
 

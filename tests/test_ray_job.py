@@ -14,8 +14,8 @@ import pandas as pd
 import pytest
 import ray
 
-from pipeline.grid import expand
-from pipeline.spec import load_spec
+from pipeline.sweep.grid import expand
+from pipeline.sweep.spec import load_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray

@@ -12,8 +12,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pipeline.cli import app
-from pipeline.report import ReportError, build_report, markdown_table
-from pipeline.report import pareto
+from pipeline.report import ReportError, build_report, markdown_table, pareto
 from pipeline.report.wandb_report import build, report_plan, validate_offline
 
 

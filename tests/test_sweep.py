@@ -10,9 +10,9 @@ import pytest
 import ray
 import yaml
 
-from pipeline.grid import expand
-from pipeline.spec import ProfileError, load_spec, parse_spec
-from pipeline.sweep import plan_workers, run_sweep
+from pipeline.sweep.driver import plan_workers, run_sweep
+from pipeline.sweep.grid import expand
+from pipeline.sweep.spec import ProfileError, load_spec, parse_spec
 from tests.wandb_offline import read_runs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -145,6 +145,18 @@ def test_a_killed_worker_loses_no_cell_and_duplicates_none(cluster, tmp_path):
     assert (table.status == "ok").all()
     # the cell in flight on the killed worker ran again on its restarted process (a new worker id)
     assert table.worker_id.nunique() == 4 + 1
+
+
+def test_the_local_executor_writes_the_rows_ray_writes(cluster, tmp_path):
+    spec = parse_spec(gpu_profile(tracking={"mode": "disabled"}))
+    on_ray = pd.read_parquet(run_sweep(spec, tmp_path / "ray", progress=False).results)
+    local = run_sweep(spec, tmp_path / "local", progress=False, executor="local")
+    table = pd.read_parquet(local.results)
+    assert local.ok == len(expand(spec)) and table.node_id.isna().all()  # no Ray node ran a cell
+    assert table.worker_id.nunique() == 1 and (table.worker_loads == 1).all()  # this process, each model once
+    a = on_ray.set_index("cell_id").sort_index()[DETERMINISTIC + ["setting", "input"]]
+    b = table.set_index("cell_id").sort_index()[DETERMINISTIC + ["setting", "input"]]
+    pd.testing.assert_frame_equal(a, b)
 
 
 def test_interrupted_sweep_resumes_to_the_same_table(cluster, tmp_path):

@@ -10,8 +10,8 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 import ipcv
-from pipeline.inputs import random_patches
-from pipeline.vision_flops import VisionDims, record_vision_layout, vision_flops
+from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
+from pipeline.models.qwen_vl import random_patches
 from tests.conftest import tiny, tower_of
 
 
@@ -23,7 +23,7 @@ def test_analytic_matches_flop_counter(family, config):
     with torch.no_grad(), record_vision_layout(tower) as layout, FlopCounterMode(display=False) as counter:
         tower(inp.pixel_values, grid_thw=inp.grid_thw)
     overhead = handle.vision_stats.neighbor_search_flops if handle else 0
-    parts = vision_flops(VisionDims.from_config(tower.config), layout, overhead)
+    parts = vision_flops(vision_dims(tower), layout, overhead)
     assert parts["total"] - parts["ipcv_overhead"] == counter.get_total_flops()
     if handle:
         assert (overhead > 0) == (config.restore == "ngr")

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import ipcv
-from pipeline.inputs import random_patches
+from pipeline.models.qwen_vl import random_patches
 from tests.conftest import TWO_IMAGES, multimodal_request, run_tower, tiny, tower_of
 from tests.reference_ipcv import frame_of_each_token, reference_ipcv
 

@@ -1,7 +1,8 @@
 """Answering benchmark samples with a (possibly patched) model, and scoring the answers.
 
 Each sample is sent as one request at the cell's resolution: an image is scaled to about
-``resolution``² pixels keeping its aspect ratio (sides multiples of 28), video frames to
+``resolution``² pixels keeping its aspect ratio (sides multiples of the family's patch grid, 28
+for Qwen-VL), video frames to
 ``resolution`` x ``resolution``. Answers are greedy, up to ``max_new_tokens``, decoded with the
 checkpoint's own processor (tiny presets: their word tokenizer).
 
@@ -13,15 +14,17 @@ uncompressed model's on the same samples, at the input the compressed run stands
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from PIL import Image
 from torch import nn
 
 from pipeline.evaluation.tasks import Sample, Task
-from pipeline.requests import RequestBuilder, RequestSpec
+from pipeline.models import RequestSpec, family_of, supported_requirements, to_device
+from pipeline.models.requests import RequestBuilder
 
 
 @dataclass
@@ -33,26 +36,26 @@ class Answers:
     first_tokens: list[int] = field(default_factory=list)
 
 
-def fit_pixels(image: Image.Image, resolution: int) -> Image.Image:
-    """``image`` scaled to about ``resolution``² pixels, aspect kept, sides multiples of 28."""
+def fit_pixels(image: Image.Image, resolution: int, multiple: int | None = None) -> Image.Image:
+    """``image`` scaled to about ``resolution``² pixels, aspect kept, sides multiples of
+    ``multiple`` (default: the patch grid every supported family accepts)."""
+    m = multiple or supported_requirements().resolution_multiple
     width, height = image.size
     scale = resolution / math.sqrt(width * height)
-    size = (max(28, round(width * scale / 28) * 28), max(28, round(height * scale / 28) * 28))
+    size = (max(m, round(width * scale / m) * m), max(m, round(height * scale / m) * m))
     return image if image.size == size else image.resize(size, Image.Resampling.BICUBIC)
 
 
-def request_for(task: Task, sample: Sample, resolution: int, frames: int) -> RequestSpec:
+def request_for(task: Task, sample: Sample, resolution: int, frames: int, multiple: int | None = None) -> RequestSpec:
     if task.video:
         clip = [f.resize((resolution, resolution), Image.Resampling.BICUBIC) for f in task.frames(sample, frames)]
         return RequestSpec([], clip, sample.prompt, resolution)
-    return RequestSpec([fit_pixels(i, resolution) for i in task.images(sample)], [], sample.prompt, resolution)
+    return RequestSpec([fit_pixels(i, resolution, multiple) for i in task.images(sample)], [], sample.prompt, resolution)
 
 
 def answer(model: nn.Module, builder: RequestBuilder, spec: RequestSpec, max_new_tokens: int) -> tuple[str, int]:
     """The greedy answer's text and its first token."""
-    params = next(model.parameters())
-    request = {k: (v.to(params.device, params.dtype) if k.startswith("pixel_values") else v.to(params.device))
-               for k, v in builder(spec).items()}
+    request = to_device(builder(spec), model)
     with torch.inference_mode():
         out = model.generate(**request, max_new_tokens=max_new_tokens, do_sample=False)
     new = out[0, request["input_ids"].shape[1]:].tolist()
@@ -62,8 +65,9 @@ def answer(model: nn.Module, builder: RequestBuilder, spec: RequestSpec, max_new
 def answer_all(model: nn.Module, builder: RequestBuilder, task: Task, samples: list[Sample], resolution: int,
                frames: int, max_new_tokens: int, on_sample: Callable[[], None] | None = None) -> Answers:
     out = Answers(task.name)
+    multiple = family_of(model).requirements.resolution_multiple
     for sample in samples:
-        text, first = answer(model, builder, request_for(task, sample, resolution, frames), max_new_tokens)
+        text, first = answer(model, builder, request_for(task, sample, resolution, frames, multiple), max_new_tokens)
         out.texts.append(text)
         out.first_tokens.append(first)
         if on_sample:

@@ -117,10 +117,10 @@ def yes_no_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[st
         raise ValueError(f"{len(predictions)} predictions for {len(labels)} labels")
     if not labels:
         raise ValueError("no samples to score")
-    tp = sum(p == "yes" and l == "yes" for p, l in zip(predictions, labels))
-    fp = sum(p == "yes" and l == "no" for p, l in zip(predictions, labels))
-    fn = sum(p == "no" and l == "yes" for p, l in zip(predictions, labels))
-    correct = sum(p == l for p, l in zip(predictions, labels))
+    tp = sum(p == "yes" and t == "yes" for p, t in zip(predictions, labels))
+    fp = sum(p == "yes" and t == "no" for p, t in zip(predictions, labels))
+    fn = sum(p == "no" and t == "yes" for p, t in zip(predictions, labels))
+    correct = sum(p == t for p, t in zip(predictions, labels))
     precision = tp / (tp + fp) if tp + fp else 0.0
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0

@@ -2,8 +2,9 @@
 
 Tables: JSON Lines, a JSON list, Parquet (the layout of HF datasets on the hub, e.g.
 ``lmms-lab/textvqa``'s ``data/*.parquet``), TSV/CSV (the original MMBench files), a folder of
-such files (an HF "imagefolder": images beside a ``metadata.jsonl`` whose ``file_name`` names them), a dataset saved with ``datasets``' ``save_to_disk``, or, when the ``datasets``
-library is installed, a hub dataset id already in the local cache or reachable from the machine
+such files (an HF "imagefolder": images beside a ``metadata.jsonl`` whose ``file_name`` names
+them), a dataset saved with ``datasets``' ``save_to_disk``, or, when the ``datasets`` library is
+installed, a hub dataset id already in the local cache or reachable from the machine
 (``hf://lmms-lab/POPE``).
 
 Media fields hold what those layouts hold: ``{"bytes": ..., "path": ...}`` (HF ``Image``
@@ -20,8 +21,9 @@ import binascii
 import io
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from PIL import Image
 
@@ -213,5 +215,4 @@ def _decode_video(path: Path, frames: int) -> list[Image.Image]:
 
 def iter_rows(rows: list[dict[str, Any]], limit: int | None) -> Iterator[tuple[int, dict[str, Any]]]:
     """(row number from 1, row), at most ``limit`` of them."""
-    for number, row in enumerate(rows[: limit if limit else None], start=1):
-        yield number, row
+    yield from enumerate(rows[: limit if limit else None], start=1)

@@ -10,9 +10,10 @@ letter or a short phrase); ``docs/accuracy.md`` lists them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pipeline.evaluation import scoring
 from pipeline.evaluation.sources import (
@@ -138,7 +139,7 @@ def _mmbench(row: dict[str, Any]) -> Sample:
     if answer not in LETTERS[: len(options)]:
         raise ValueError(f"answer {answer!r} is not one of the option letters {', '.join(LETTERS[:len(options)])}")
     hint = "" if _blank(row.get("hint")) else str(row["hint"]).strip()
-    lines = ([hint] if hint else []) + [question] + [f"{l}. {o}" for l, o in zip(LETTERS, options)] + [LETTER_ANSWER]
+    lines = ([hint] if hint else []) + [question] + [f"{letter}. {o}" for letter, o in zip(LETTERS, options)] + [LETTER_ANSWER]
     return Sample("mmbench", str(row.get("index", row.get("id", ""))), 0, "\n".join(lines), answer,
                   _media(row, "image"), None, options, row.get("category"))
 
@@ -173,7 +174,7 @@ def _mvbench(row: dict[str, Any]) -> Sample:
     answer = str(row["answer"]).strip()
     if answer not in options:
         raise ValueError(f"answer {answer!r} is not one of the candidates")
-    lines = [question, "Options:"] + [f"({l}) {o}" for l, o in zip(LETTERS, options)] + [LETTER_ANSWER]
+    lines = [question, "Options:"] + [f"({letter}) {o}" for letter, o in zip(LETTERS, options)] + [LETTER_ANSWER]
     return Sample("mvbench", str(row.get("id", row.get("video", ""))), 0, "\n".join(lines),
                   LETTERS[options.index(answer)], _media(row, "video", "frames"), None, options,
                   row.get("task_type", row.get("category")))

@@ -2,13 +2,12 @@
 
 Layout, so that sizes are predictable: panels of 550 x 420 px (5.5 x 4.2 in at 100 dpi), at most
 three a row, and a band of 80 px at the bottom for the legend. Colours follow the method, the
-same in every figure.
+same in every figure (``pipeline/methods.py``).
 """
 
 from __future__ import annotations
 
 import math
-import zlib
 from pathlib import Path
 
 import matplotlib
@@ -18,18 +17,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from pipeline.methods import method_colour  # noqa: E402
 from pipeline.report.pareto import COST, GROUP, STAGES, Metric  # noqa: E402
 
 PANEL_W, PANEL_H, LEGEND_H, DPI, MAX_COLS = 5.5, 4.2, 0.8, 100, 3
 MAX_BARS = 16
-METHOD_ORDER = ("baseline", "ipcv", "random", "dart", "fastv", "ipcv+dart", "ipcv+fastv", "downsample")
 STAGE_COLOURS = {"preprocess_ms": "#bbbbbb", "vision_ms": "#1f77b4", "prefill_ms": "#ff7f0e", "decode_ms": "#2ca02c"}
-
-
-def method_colour(method: str) -> str:
-    palette = plt.get_cmap("tab10").colors
-    index = METHOD_ORDER.index(method) if method in METHOD_ORDER else len(METHOD_ORDER) + zlib.crc32(method.encode()) % 2
-    return matplotlib.colors.to_hex(palette[index % len(palette)])
 
 
 def layout(panels: int) -> tuple[int, int]:

@@ -13,7 +13,8 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 
-from pipeline.report.figures import STAGE_COLOURS, method_colour
+from pipeline.methods import method_colour
+from pipeline.report.figures import STAGE_COLOURS
 from pipeline.report.pareto import COST, GROUP, STAGES, Metric
 
 STYLE = """

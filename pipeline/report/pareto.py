@@ -15,49 +15,46 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from pipeline import columns
+from pipeline.methods import setting_label
+from pipeline.sweep.rows import input_label
+
 
 @dataclass(frozen=True)
 class Metric:
+    """A quality or cost axis: a column of the schema (``pipeline/columns.py``) as the analysis uses it."""
+
     column: str
     label: str  # axis label, with its unit
     higher_is_better: bool
     scale: float = 1.0  # column value / scale = shown value
 
+    @classmethod
+    def of(cls, name: str) -> Metric:
+        c = columns.get(name)
+        return cls(c.name, c.label or c.name, c.higher_is_better, c.scale)
 
-QUALITY: dict[str, Metric] = {
-    "accuracy": Metric("accuracy", "accuracy (mean benchmark score)", True),
-    "fidelity_benchmark_answer_match": Metric(
-        "fidelity_benchmark_answer_match", "fidelity: benchmark answers equal to uncompressed (share)", True),
-    "fidelity_answer_match": Metric("fidelity_answer_match", "fidelity: answer equal to uncompressed (0/1)", True),
-    "fidelity_top1_agreement": Metric("fidelity_top1_agreement", "fidelity: first-token top-1 agreement (0/1)", True),
-    "fidelity_first_token_kl": Metric("fidelity_first_token_kl", "fidelity: first-token KL to uncompressed (nats, lower is better)", False),
-    "fidelity_feature_cosine": Metric("fidelity_feature_cosine", "fidelity: visual-feature cosine", True),
-}
 
-COST: dict[str, Metric] = {
-    "e2e_ms": Metric("e2e_ms", "end-to-end latency (ms, median)", False),
-    "vision_ms": Metric("vision_ms", "vision-encoder latency (ms, median)", False),
-    "prefill_ms": Metric("prefill_ms", "LLM prefill latency (ms, median)", False),
-    "total_flops": Metric("total_flops", "vision + prefill GFLOPs", False, 1e9),
-    "peak_bytes": Metric("peak_bytes", "peak GPU memory (MiB)", False, 2**20),
-}
-
-STAGES = ("preprocess_ms", "vision_ms", "prefill_ms", "decode_ms")
+QUALITY: dict[str, Metric] = {name: Metric.of(name) for name in columns.QUALITY}
+COST: dict[str, Metric] = {name: Metric.of(name) for name in columns.COSTS}
+STAGES = columns.STAGE_TIMES
 GROUP = ["model", "input"]
 
 
 def prepare(results: pd.DataFrame) -> pd.DataFrame:
-    """The ``ok`` rows with the report's derived columns: ``input`` (the group's input, where
-    the downsampling baseline joins the resolution it stands in for), ``setting`` (a readable
-    label) and ``peak_bytes`` (the largest stage peak)."""
+    """The ``ok`` rows with the report's derived columns: ``input`` and ``setting`` (written with
+    each row; derived the same way for tables that lack them) and ``peak_bytes`` (the largest
+    stage peak)."""
     if results.empty or "status" not in results:
         return pd.DataFrame()
     rows = results[results.status == "ok"].copy()
     if rows.empty:
         return rows
-    rows["input"] = [_input_label(r) for r in rows.itertuples()]
-    rows["setting"] = [setting_label(r) for r in rows.to_dict(orient="records")]
-    peaks = [c for c in ("vision_peak_bytes", "prefill_peak_bytes", "decode_peak_bytes") if c in rows]
+    records = rows.to_dict(orient="records")
+    for column, label in (("input", input_label), ("setting", setting_label)):
+        given = rows[column] if column in rows else pd.Series(None, index=rows.index, dtype=object)
+        rows[column] = [g if isinstance(g, str) else label(r) for g, r in zip(given, records)]
+    peaks = [c for c in columns.STAGE_PEAKS if c in rows]
     rows["peak_bytes"] = rows[peaks].astype(float).max(axis=1, skipna=True) if peaks else np.nan
     for column in list(QUALITY) + list(COST):
         if column not in rows:
@@ -66,51 +63,14 @@ def prepare(results: pd.DataFrame) -> pd.DataFrame:
     return rows.reset_index(drop=True)
 
 
-def _input_label(row) -> str:
-    kind = getattr(row, "input_kind", "image")
-    res = getattr(row, "group_resolution", None) or getattr(row, "resolution", None)
-    frames = getattr(row, "frames", 0) or 0
-    images = getattr(row, "images", 1) or 1
-    if kind == "video":
-        return f"video {res}px x{int(frames)}f"
-    return f"image {res}px" + (f" x{int(images)}" if images and int(images) > 1 else "")
-
-
-def _num(value) -> str:
-    return f"{value:g}" if isinstance(value, (int, float)) and not pd.isna(value) else str(value)
-
-
-def _given(value) -> bool:
-    return value is not None and not (isinstance(value, float) and np.isnan(value))
-
-
-def setting_label(row: dict) -> str:
-    """e.g. ``ipcv K=3 r=0.65``, ``fastv K'=2 r'=0.778``, ``downsample 224px``."""
-    method = str(row.get("method"))
-    if method == "baseline":
-        return "baseline"
-    if method == "downsample":
-        return f"downsample {row.get('resolution')}px"
-    parts = []
-    if _given(row.get("ipcv_reduction_ratio")):
-        vision = f"K={_num(row.get('ipcv_prune_layer'))} r={_num(row.get('ipcv_reduction_ratio'))}"
-        extras = [f"A={_num(row['ipcv_as_layers'])}"] if _given(row.get("ipcv_as_layers")) and row["ipcv_as_layers"] != 7 else []
-        extras += [str(row[k]) for k, default in (("ipcv_budget", "global"), ("ipcv_neighbor_scope", "global"),
-                                                   ("ipcv_restore", "ngr")) if _given(row.get(k)) and row[k] != default]
-        parts.append(" ".join([method.split("+")[0], vision, *extras]))
-    if _given(row.get("llm_method")):
-        parts.append(f"{row['llm_method']} K'={_num(row.get('llm_layer'))} r'={_num(row.get('llm_reduction_ratio'))}")
-    return " + ".join(parts) or method
-
-
 def choose_quality(rows: pd.DataFrame, requested: str = "auto") -> Metric:
     """The quality metric: the one asked for, or accuracy when real-weight rows carry it, else
     the benchmark answer agreement, else the first-token KL (present for every cell)."""
     if requested != "auto":
         if requested in QUALITY:
             return QUALITY[requested]
-        if requested.startswith("acc_") and requested in rows:
-            return Metric(requested, f"{requested[4:]} accuracy", True)
+        if requested.startswith("acc_") and requested in rows and columns.is_described(requested):
+            return Metric.of(requested)
         raise ValueError(f"unknown quality metric {requested!r}; choose auto, {', '.join(QUALITY)} "
                          "or an acc_<task> column of the results")
     real = rows[rows.get("weights", pd.Series("checkpoint", index=rows.index)) == "checkpoint"] if len(rows) else rows

@@ -16,7 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-STAGE_METRICS = ["preprocess_ms", "vision_ms", "prefill_ms", "decode_ms"]
+from pipeline import columns
+
+STAGE_METRICS = list(columns.STAGE_TIMES)
+# run-config keys (a cell's config, pipeline/sweep/grid.py) on the parallel-coordinates panel
 SETTING_COLUMNS = ["method", "model.name", "input.resolution", "vision.prune_layer", "vision.reduction_ratio",
                    "vision.as_layers", "llm.method", "llm.reduction_ratio"]
 

@@ -1,30 +1,38 @@
-"""The sweep driver: cells to Ray actors, rows to the store and W&B, resumable.
+"""The sweep driver: cells to executors, rows to the store and W&B, resumable.
 
-One actor per GPU (or per GPU group, ``gpus`` of the model spec; per CPU slot for CPU models)
+With the Ray executor (the default), one actor per GPU (or per GPU group, ``gpus`` of the model spec; per CPU slot for CPU models)
 holds one loaded model and runs that model's cells one after another. Uncompressed references
 are computed once per model x input and passed to the cells as Ray object references. A cell
 that raises is recorded as failed; a worker that dies is restarted by Ray and its cell retried up
 to ``measurement.max_retries`` times, then recorded as failed. Ctrl-C stops submitting, keeps
 every finished row and writes the consolidated table.
+
+With the local executor (``executor="local"``: a workstation without Ray, one GPU or a CPU) the
+same cell executor runs every cell in this process, model by model; store, W&B, resume and
+Ctrl-C behave the same.
 """
 
 from __future__ import annotations
 
 import collections
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import ray
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from pipeline.evaluation import check_sources
-from pipeline.grid import Cell, expand
-from pipeline.spec import SweepSpec
-from pipeline.store import ResultStore
-from pipeline.tracking import CellLogger
-from pipeline.worker import ModelWorker, base_row
+from pipeline.sweep.executor import ModelWorker, run_inline
+from pipeline.sweep.grid import Cell, expand
+from pipeline.sweep.rows import base_row
+from pipeline.sweep.spec import SweepSpec
+from pipeline.sweep.store import ResultStore
+from pipeline.sweep.tracking import CellLogger
+
+EXECUTORS = ("ray", "local")
 
 
 @dataclass
@@ -75,10 +83,16 @@ def run_sweep(
     stop_after: int | None = None,
     on_row: Callable[[dict[str, Any]], None] | None = None,
     node_ip_address: str | None = None,
+    executor: str = "ray",
 ) -> SweepSummary:
     """Run (or resume) a sweep. ``stop_after`` ends it after that many finished cells (for tests
     and partial runs); ``on_row`` sees each finished row (the driver's hook for fault injection);
-    ``node_ip_address`` is this driver's address when joining a cluster at ``address``."""
+    ``node_ip_address`` is this driver's address when joining a cluster at ``address``;
+    ``executor``: "ray" (actors, local or on a cluster) or "local" (this process, no Ray)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
+    if executor == "local" and address:
+        raise ValueError("a cluster address needs the ray executor")
     out = Path(out_dir)
     cells = expand(spec)
     if cells:  # benchmark data that cannot be read stops the sweep here, before anything starts
@@ -89,7 +103,7 @@ def run_sweep(
     todo = [c for c in cells if c.id not in done]
     summary = SweepSummary(out, out / "results.parquet", total=len(cells), skipped=len(cells) - len(todo))
     started_ray = False
-    if not ray.is_initialized():
+    if executor == "ray" and not ray.is_initialized():
         if address:
             ray.init(address=address, _node_ip_address=node_ip_address, log_to_driver=False)
         else:  # a local Ray on the loopback address only
@@ -97,8 +111,9 @@ def run_sweep(
         started_ray = True
     logger = CellLogger(spec.tracking, spec.name, out)
     t0 = time.time()
+    drive = _drive if executor == "ray" else _drive_local
     try:
-        _drive(spec, todo, store, logger, summary, progress, stop_after, on_row)
+        drive(spec, todo, store, logger, summary, progress, stop_after, on_row)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
@@ -173,16 +188,8 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
                 continue
             row = {**base_row(cell), "status": "failed", "attempts": attempts[cell.id],
                    "error": f"worker died {attempts[cell.id]} times: {type(err).__name__}: {str(err)[:500]}"}
-        store.write(row)
-        row.pop("predictions", None)
-        logger.log(cell, row)
+        _record(cell, row, store, logger, summary, bar)
         finished += 1
-        summary.ok += row["status"] == "ok"
-        summary.failed += row["status"] != "ok"
-        summary.cell_s += float(row.get("duration_s") or 0.0)
-        if row.get("worker_id"):
-            summary.loads_per_worker[row["worker_id"]] = int(row.get("worker_loads") or 0)
-        bar.update(summary)
         if stop_after is not None and finished >= stop_after:
             break
         if not submit(actor) and not any(a is actor for a, _ in in_flight.values()):
@@ -192,6 +199,33 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
     bar.close()
     for actor in actors:
         ray.kill(actor)
+
+
+def _record(cell: Cell, row: dict[str, Any], store: ResultStore, logger: CellLogger, summary: SweepSummary,
+            bar: _Progress) -> None:
+    """A finished row: to the store (answers first), to W&B, into the summary and progress."""
+    store.write(row)
+    row.pop("predictions", None)
+    logger.log(cell, row)
+    summary.ok += row["status"] == "ok"
+    summary.failed += row["status"] != "ok"
+    summary.cell_s += float(row.get("duration_s") or 0.0)
+    if row.get("worker_id"):
+        summary.loads_per_worker[row["worker_id"]] = int(row.get("worker_loads") or 0)
+    bar.update(summary)
+
+
+def _drive_local(spec, todo, store, logger, summary, progress, stop_after, on_row) -> None:
+    bar = _Progress(len(todo), progress)
+    try:
+        for finished, (_, cell, row) in enumerate(run_inline(todo, spec.measurement.max_new_tokens), start=1):
+            _record(cell, row, store, logger, summary, bar)
+            if on_row:
+                on_row(row)
+            if stop_after is not None and finished >= stop_after:
+                break
+    finally:
+        bar.close()
 
 
 class _Progress:

@@ -18,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.models import family_of
+
 VISION, PREFILL = "vision", "prefill"
 
 # elementwise or data-movement operators: no matrix product, zero by the convention
@@ -81,8 +83,7 @@ class _Positional(nn.Module):
 
 
 def stage_modules(model: nn.Module) -> dict[str, list[nn.Module]]:
-    inner = model.model
-    return {VISION: [inner.visual], PREFILL: [inner.language_model, model.lm_head]}
+    return family_of(model).stage_modules(model)
 
 
 def _names(root: nn.Module, modules: list[nn.Module]) -> list[str]:

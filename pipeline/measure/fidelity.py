@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.models import family_of
+
 
 @dataclass
 class Outputs:
@@ -27,8 +29,9 @@ class Outputs:
 
 def collect(model: nn.Module, request: dict[str, torch.Tensor], max_new_tokens: int) -> Outputs:
     captured: list[torch.Tensor] = []
-    hook = model.model.visual.register_forward_hook(
-        lambda m, a, out: captured.append(out.pooler_output.detach().float().cpu())
+    family = family_of(model)
+    hook = family.tower(model).register_forward_hook(
+        lambda m, a, out: captured.append(family.features(out).detach().float().cpu())
     )
     try:
         with torch.inference_mode():

@@ -1,7 +1,9 @@
 """Sweep profiles (YAML), validated with pydantic.
 
 A wrong profile fails before anything runs, with a message that names the file, the key path
-(e.g. ``methods.ipcv.reduction_ratio.1``) and what was expected.
+(e.g. ``methods.ipcv.reduction_ratio.1``) and what was expected. The method grids are derived from
+the methods' config dataclasses (``pipeline/methods.py``); resolutions and frame counts are checked
+against what the profile's model families accept (``pipeline/models/``).
 """
 
 from __future__ import annotations
@@ -10,7 +12,21 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+from pipeline import methods
+from pipeline.evaluation.tasks import TASKS
+from pipeline.models import DTYPES, Requirements, requirements_for, supported_requirements
 
 
 class _Strict(BaseModel):
@@ -21,21 +37,24 @@ class ModelSpec(_Strict):
     """A model to sweep: a tiny preset, a hub id or a local path."""
 
     name: str
-    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    dtype: Literal[tuple(DTYPES)] = "bfloat16"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
     gpus: float = Field(0, ge=0, description="GPUs per worker (0: CPU); several for models that need them")
     batch: int = Field(1, ge=1, le=1, description="prompts per request (only 1 is measured so far)")
     seed: int = Field(0, ge=0, description="weights seed of tiny presets")
 
 
-def _multiple_of_28(value: int) -> int:
-    if value < 28 or value % 28:
-        raise ValueError(f"resolution {value} is not a positive multiple of 28")
-    return value
+def _requirements(info: ValidationInfo) -> Requirements:
+    """What the profile's model families accept (given by ``parse_spec`` as validation context)."""
+    return (info.context or {}).get("requirements") or supported_requirements()
 
 
-# an image side the Qwen-VL patch (14) and merge (2) layout accepts
-Resolution = Annotated[int, AfterValidator(_multiple_of_28)]
+def _resolution(value: int, info: ValidationInfo) -> int:
+    return _requirements(info).check_resolution(value)
+
+
+# an image side every model family of the profile accepts (Qwen-VL: a multiple of 28)
+Resolution = Annotated[int, AfterValidator(_resolution)]
 
 
 class ImageInputs(_Strict):
@@ -49,10 +68,9 @@ class VideoInputs(_Strict):
 
     @field_validator("frames")
     @classmethod
-    def _even(cls, values: list[int]) -> list[int]:
+    def _frames(cls, values: list[int], info: ValidationInfo) -> list[int]:
         for v in values:
-            if v < 2 or v % 2:
-                raise ValueError(f"frame count {v} is not an even number >= 2")
+            _requirements(info).check_frames(v)
         return values
 
 
@@ -62,27 +80,21 @@ class Inputs(_Strict):
     prompt: str = "Describe the picture in one sentence."
 
     @model_validator(mode="after")
-    def _something(self) -> "Inputs":
+    def _something(self) -> Inputs:
         if self.images is None and self.videos is None:
             raise ValueError("give images and/or videos")
         return self
 
 
-class IPCVGrid(_Strict):
-    prune_layer: list[int] = [3]
-    reduction_ratio: list[float] = [0.65]
-    as_layers: list[int] = [7]
-    neighbors: list[int] = [10]
-    selection: list[Literal["feature_diff", "random"]] = ["feature_diff"]
-    restore: list[Literal["ngr", "frozen"]] = ["ngr"]
-    budget: list[Literal["global", "per_image"]] = ["global"]
-    neighbor_scope: list[Literal["global", "same_image"]] = ["global"]
+def _grid(name: str, fields: tuple[methods.GridField, ...], doc: str) -> type[_Strict]:
+    """A profile section of lists, one per config field, each defaulting to ``[the config's default]``."""
+    model = create_model(name, __base__=_Strict, **{f.name: (list[f.type], [f.default]) for f in fields})
+    model.__doc__ = doc
+    return model
 
 
-class LLMGrid(_Strict):
-    method: list[Literal["dart", "fastv"]] = ["dart"]
-    layer: list[int] = [2]
-    reduction_ratio: list[float] = [0.778]
+IPCVGrid = _grid("IPCVGrid", methods.VISION_FIELDS, "Values of each IPCVConfig field to sweep (every combination).")
+LLMGrid = _grid("LLMGrid", methods.LLM_FIELDS, "Values of each LLMPruneConfig field to sweep (every combination).")
 
 
 class Downsample(_Strict):
@@ -115,7 +127,7 @@ class Tracking(_Strict):
     group: str | None = None
 
 
-TaskName = Literal["mmbench", "textvqa", "pope", "ocrbench", "mvbench"]
+TaskName = Literal[tuple(TASKS)]
 
 
 class TaskSpec(_Strict):
@@ -132,10 +144,8 @@ class TaskSpec(_Strict):
 
     @field_validator("frames")
     @classmethod
-    def _even_frames(cls, value: int) -> int:
-        if value < 2 or value % 2:
-            raise ValueError(f"frame count {value} is not an even number >= 2")
-        return value
+    def _frames(cls, value: int, info: ValidationInfo) -> int:
+        return _requirements(info).check_frames(value)
 
     def cell_config(self) -> dict[str, Any]:
         """What the cell records: real paths made absolute (relative to where the sweep runs)."""
@@ -182,9 +192,18 @@ def load_spec(path: str | Path) -> SweepSpec:
     return parse_spec(data, source=str(path))
 
 
+def model_requirements(data: dict[str, Any]) -> Requirements:
+    """What every model a raw profile names accepts; the strictest of all families when a model's
+    family cannot be told from its name (it is checked again when it loads)."""
+    names = [m.get("name") for m in data.get("models") or [] if isinstance(m, dict)]
+    if not names or not all(isinstance(n, str) for n in names):
+        return supported_requirements()
+    return Requirements.all_of(requirements_for(n) for n in names)
+
+
 def parse_spec(data: dict[str, Any], source: str = "<profile>") -> SweepSpec:
     try:
-        return SweepSpec.model_validate(data)
+        return SweepSpec.model_validate(data, context={"requirements": model_requirements(data)})
     except ValidationError as err:
         lines = []
         for e in err.errors():

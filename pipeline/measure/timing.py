@@ -9,8 +9,9 @@ from __future__ import annotations
 import platform
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -90,7 +91,7 @@ class StageClock:
             return event
         return time.perf_counter()
 
-    def __enter__(self) -> "StageClock":
+    def __enter__(self) -> StageClock:
         for name, module in self.stages.items():
             self._handles.append(module.register_forward_pre_hook(lambda m, a, n=name: self._start(n)))
             self._handles.append(module.register_forward_hook(lambda m, a, o, n=name: self._stop(n), always_call=True))

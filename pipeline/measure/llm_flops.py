@@ -3,34 +3,24 @@
 Convention as for the vision encoder (2 FLOPs per multiply-add, matrix products only). Per decoder
 layer with ``n`` tokens: q/k/v/o projections ``2 n D (H hd + 2 Hkv hd) + 2 n H hd D``; attention
 ``2 * 2 * H * hd * n^2`` (all query-key pairs, as FastV's formula and eager or masked-sdpa kernels
-compute them; a causal flash kernel skips about half); gated MLP ``2 * 3 * n * D * I``. The LM head ``2 * n_logits * D * V`` is counted for the positions whose
-logits were computed (all of them in ``model(...)``, the last one in ``generate``'s prefill).
-Token counts per layer are recorded by hooks, so pruning is counted as it happened.
+compute them; a causal flash kernel skips about half); gated MLP ``2 * 3 * n * D * I``. The LM
+head ``2 * n_logits * D * V`` is counted for the positions whose logits were computed (all of
+them in ``model(...)``, the last one in ``generate``'s prefill). Token counts per layer are
+recorded by hooks, so pruning is counted as it happened. The sizes come from the family adapter
+(``ModelFamily.llm_dims``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 from torch import nn
 
+from pipeline.models import LLMDims
 
-@dataclass(frozen=True)
-class LLMDims:
-    width: int
-    heads: int
-    kv_heads: int
-    head_dim: int
-    intermediate: int
-    vocab: int
-
-    @classmethod
-    def from_config(cls, cfg: object) -> "LLMDims":
-        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-        return cls(cfg.hidden_size, cfg.num_attention_heads, cfg.num_key_value_heads, head_dim,
-                   cfg.intermediate_size, cfg.vocab_size)
+__all__ = ["LLMDims", "LLMLayout", "prefill_flops", "record_llm_layout"]
 
 
 @dataclass

@@ -12,8 +12,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from pipeline.grid import Cell
-from pipeline.spec import Tracking
+from pipeline.sweep.grid import Cell
+from pipeline.sweep.spec import Tracking
 
 log = logging.getLogger(__name__)
 

@@ -13,9 +13,8 @@ import torch
 from torch import nn
 
 import ipcv
-from ipcv.families import family_of
-from pipeline.inputs import VisionInput
-from pipeline.vision_flops import VisionDims, record_vision_layout, vision_flops
+from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
+from pipeline.models import VisionInput, family_of
 
 
 @dataclass
@@ -33,22 +32,19 @@ class VisionComparison:
         return 1.0 - self.flops_ipcv["total"] / self.flops_baseline["total"]
 
 
-def vision_tower(model: nn.Module) -> nn.Module:
-    return family_of(model).find_tower(model)
-
-
 def run_tower(tower: nn.Module, inp: VisionInput) -> tuple[torch.Tensor, object]:
     """Features handed to the LLM (merger output) and the recorded token layout."""
-    device = next(tower.parameters()).device
-    dtype = next(tower.parameters()).dtype
+    family = family_of(tower)
+    param = next(tower.parameters())
+    args, kwargs = family.vision_input_call(inp.to(param.device, param.dtype))
     with torch.inference_mode(), record_vision_layout(tower) as layout:
-        out = tower(inp.pixel_values.to(device, dtype), grid_thw=inp.grid_thw.to(device))
-    return out.pooler_output, layout
+        out = tower(*args, **kwargs)
+    return family.features(out), layout
 
 
 def compare_vision(model: nn.Module, inp: VisionInput, config: ipcv.IPCVConfig) -> VisionComparison:
-    tower = vision_tower(model)
-    dims = VisionDims.from_config(tower.config)
+    tower = family_of(model).tower(model)
+    dims = vision_dims(tower)
     reference, base_layout = run_tower(tower, inp)
     with ipcv.apply(tower, vision=config) as handle:
         features, ipcv_layout = run_tower(tower, inp)

@@ -13,7 +13,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import ipcv
-from pipeline.spec import ModelSpec, ProfileError, SweepSpec
+from pipeline import methods
+from pipeline.sweep.spec import ModelSpec, ProfileError, SweepSpec
 
 
 @dataclass(frozen=True)
@@ -29,12 +30,17 @@ class InputSpec:
     def group_resolution(self) -> int:
         return self.source_resolution or self.resolution
 
+    @property
+    def key(self) -> str:
+        """Compact and stable, e.g. ``image448``, ``video448x8f`` (the gate's figure keys)."""
+        return f"{self.kind}{self.resolution}" + (f"x{self.frames}f" if self.frames else "")
+
 
 @dataclass(frozen=True)
 class Cell:
     model: ModelSpec
     input: InputSpec
-    method: str  # baseline | ipcv | random | dart | fastv | ipcv+dart | ipcv+fastv | downsample
+    method: str  # a name of pipeline/methods.py
     vision: dict[str, Any] | None
     llm: dict[str, Any] | None
     measurement: dict[str, Any]
@@ -78,6 +84,11 @@ class Cell:
         what = f"{self.input.kind} {self.input.resolution}" + (f"x{self.input.frames}f" if self.input.frames else "")
         return f"{self.model.name} | {what} | {self.method}"
 
+    @property
+    def key(self) -> str:
+        """``model|input|method``: names a cell among cells of one setting per method (the gate)."""
+        return f"{self.model.name}|{self.input.key}|{self.method}"
+
 
 def _product(grid: Any) -> list[dict[str, Any]]:
     fields = grid.model_dump()
@@ -118,25 +129,10 @@ def expand(spec: SweepSpec) -> list[Cell]:
     if spec.evaluation:
         evaluation = {"max_new_tokens": spec.evaluation.max_new_tokens,
                       "tasks": [t.cell_config() for t in spec.evaluation.tasks]}
-    methods: list[tuple[str, dict | None, dict | None]] = []
-    if spec.methods.baseline:
-        methods.append(("baseline", None, None))
-    methods += [("ipcv", v, None) for v in visions]
-    if spec.methods.random_selection:
-        methods += [("random", {**v, "selection": "random"}, None) for v in visions if v["selection"] != "random"]
-    methods += [(l["method"], None, l) for l in llms]
-    if spec.methods.stacked:
-        methods += [(f"ipcv+{l['method']}", v, l) for v in visions for l in llms]
     cells: dict[str, Cell] = {}
     for model in spec.models:
         for inp in _inputs(spec):
-            for method, vision, llm in methods:
-                cell = Cell(model, inp, method, vision, llm, measurement, evaluation)
+            for method, cell_input, vision, llm in methods.expand(spec.methods, inp, visions, llms):
+                cell = Cell(model, cell_input, method, vision, llm, measurement, evaluation)
                 cells.setdefault(cell.id, cell)
-            if spec.methods.downsample and inp.kind == "image":
-                for low in spec.methods.downsample.resolutions:
-                    if low < inp.resolution:
-                        small = InputSpec("image", low, count=inp.count, prompt=inp.prompt, source_resolution=inp.resolution)
-                        cell = Cell(model, small, "downsample", None, None, measurement, evaluation)
-                        cells.setdefault(cell.id, cell)
     return list(cells.values())

@@ -1,0 +1,145 @@
+"""What the IPCV patch needs to know about a model family, as one adapter class.
+
+The algorithm (``ipcv/algorithm.py``) and the per-instance patches (``ipcv/vision.py``,
+``ipcv/llm.py``) never name a family's attributes. An adapter says where the vision tower, its
+blocks, the language model and the LM head are, how a call of the tower describes its images and
+frames, how a block call is laid out, and how one Attention-Stabilization block runs on that
+family's block layout. A new family is one subclass in this folder plus its entry in
+``ipcv/families/__init__.py``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class FrameLayout:
+    """How the tokens of one tower call split into images / video frames (the attention unit).
+
+    ``frames_per_item``: frames of each image or video of the request (1 for an image);
+    ``tokens_per_frame``: tokens of each frame, in the order the tower holds them.
+    """
+
+    frames_per_item: list[int]
+    tokens_per_frame: list[int]
+
+
+@dataclass(frozen=True)
+class LanguageSide:
+    """The multimodal container (it sees ``input_ids``), its language model, and the token ids
+    that mark image / video positions in the prompt."""
+
+    container: nn.Module
+    language_model: nn.Module
+    vision_token_ids: tuple[int, ...]
+
+
+class VisionFamily:
+    """One model family as the patch sees it. Subclasses fill in the family-specific parts."""
+
+    name: str = ""
+    tower_classes: tuple[str, ...] = ()
+    model_classes: tuple[str, ...] = ()
+    tower_paths: tuple[str, ...] = ()  # attribute paths from a whole model to its vision tower
+    block_parts: tuple[str, ...] = ()  # attributes every vision block must have
+
+    # -- where things are -------------------------------------------------------------------
+    def matches(self, module: nn.Module) -> bool:
+        return _is_one_of(module, self.tower_classes + self.model_classes)
+
+    def is_tower(self, module: nn.Module) -> bool:
+        return _is_one_of(module, self.tower_classes)
+
+    def find_tower(self, model: nn.Module) -> nn.Module:
+        if self.is_tower(model):
+            return model
+        for path in self.tower_paths:
+            tower = _get_path(model, path)
+            if tower is not None and self.is_tower(tower):
+                return tower
+        raise ValueError(f"{type(model).__name__}: no {self.name} vision tower found")
+
+    def blocks(self, tower: nn.Module) -> nn.ModuleList:
+        """The tower's block list, checked against the layout the patch relies on."""
+        blocks = self._block_list(tower)
+        if not isinstance(blocks, nn.ModuleList) or len(blocks) == 0:
+            raise TypeError(f"{self.name} vision tower {type(tower).__name__} has no block list")
+        for i, block in enumerate(blocks):
+            missing = [p for p in self.block_parts if not hasattr(block, p)]
+            if missing:
+                raise TypeError(
+                    f"{self.name} vision block {i} ({type(block).__name__}) lacks {missing}: "
+                    "this transformers version changed the block layout IPCV patches"
+                )
+        return blocks
+
+    def find_language_side(self, model: nn.Module) -> LanguageSide:
+        for container in (model, getattr(model, "model", None)):
+            language_model = getattr(container, "language_model", None)
+            if isinstance(language_model, nn.Module) and hasattr(language_model, "layers"):
+                config = getattr(container, "config", None)
+                ids = tuple(
+                    int(getattr(config, name))
+                    for name in ("image_token_id", "video_token_id")
+                    if getattr(config, name, None) is not None
+                )
+                if not ids:
+                    raise ValueError(f"{type(model).__name__}: config has no image/video token ids")
+                return LanguageSide(container, language_model, ids)
+        raise TypeError(
+            f"LLM-side pruning needs the whole {self.name} model ({', '.join(self.model_classes)}), "
+            f"not {type(model).__name__}"
+        )
+
+    def lm_head(self, model: nn.Module) -> nn.Module | None:
+        head = getattr(model, "lm_head", None)
+        return head if isinstance(head, nn.Module) else None
+
+    # -- one call of the tower ----------------------------------------------------------------
+    def frame_layout(self, args: tuple, kwargs: dict) -> FrameLayout:
+        """Images / frames of a tower call, from the arguments the tower was called with."""
+        raise NotImplementedError
+
+    def split_block_call(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict[str, Any]]:
+        """A block call as ``(hidden_states, keyword arguments)``."""
+        raise NotImplementedError
+
+    def stabilized_block(
+        self,
+        block: nn.Module,
+        kept_states: torch.Tensor,
+        full_states: torch.Tensor,
+        kept: torch.Tensor,
+        kwargs: dict[str, Any],
+    ) -> torch.Tensor:
+        """One Attention-Stabilization block: attention over the rebuilt ``full_states`` (with the
+        tower's own full-sequence arguments), its output added to the kept tokens only, then the
+        MLP on the kept tokens. Returns the kept tokens' new states."""
+        raise NotImplementedError
+
+    def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """The attention and MLP submodules of a block (the study records their token counts)."""
+        raise NotImplementedError
+
+    def _block_list(self, tower: nn.Module) -> Any:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return f"{self.name} ({', '.join(self.model_classes + self.tower_classes)})"
+
+
+def _is_one_of(module: nn.Module, class_names: tuple[str, ...]) -> bool:
+    return any(cls.__name__ in class_names for cls in type(module).__mro__)
+
+
+def _get_path(obj: object, path: str) -> nn.Module | None:
+    for part in path.split("."):
+        obj = getattr(obj, part, None)
+        if obj is None:
+            return None
+    return obj if isinstance(obj, nn.Module) else None

@@ -1,0 +1,156 @@
+"""Loading models: tiny presets and other architecture sizes with seeded random weights, or real
+checkpoints from a local path or hub id; their processors; requests onto a model's device.
+
+Random-weight models are built from configs (no download). A preset is built on the CPU in
+float32 under a forked random state and then cast, so the same seed gives the same weights on
+every machine and in every dtype; ``build_random(..., on_device=True)`` builds directly on the
+target device in the target dtype instead (fast for real sizes; weights then depend on the device).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.models.family import ModelFamily
+from pipeline.models.registry import FAMILIES
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    family: ModelFamily
+    size: str
+
+    @property
+    def description(self) -> str:
+        return f"{self.family.label} architecture, size {self.size}, random weights"
+
+
+PRESETS: dict[str, Preset] = {
+    name: Preset(name, family, size) for family in FAMILIES for name, size in family.presets.items()
+}
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def is_preset(name: str) -> bool:
+    return name in PRESETS
+
+
+def parse_dtype(name: str) -> torch.dtype:
+    try:
+        return DTYPES[name]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, got {name!r}") from None
+
+
+def build_random(
+    family: ModelFamily,
+    size: str,
+    *,
+    seed: int = 0,
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    device: str = "cpu",
+    vision: dict[str, Any] | None = None,
+    on_device: bool = False,
+    tower_only: bool = False,
+) -> nn.Module:
+    """An architecture size of ``family`` with weights drawn from ``seed`` (``tower_only``: its
+    vision tower alone)."""
+    torch_dtype = parse_dtype(dtype)
+    check_device(device)
+    make = (lambda: family.build_tower(size)) if tower_only else (lambda: family.build(size, vision))
+    if on_device:
+        with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
+            torch.manual_seed(seed)
+            previous = torch.get_default_dtype()
+            torch.set_default_dtype(torch_dtype)
+            try:
+                with torch.device(device):
+                    model = make()
+            finally:
+                torch.set_default_dtype(previous)
+        model.set_attn_implementation(attn_implementation)
+        return model.eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = make()
+    model.set_attn_implementation(attn_implementation)
+    return model.to(torch_dtype).eval().to(device)
+
+
+def build_tiny(
+    name: str,
+    seed: int = 0,
+    dtype: str = "float32",
+    attn_implementation: str = "sdpa",
+    vision: dict[str, Any] | None = None,
+) -> nn.Module:
+    """A preset with weights drawn from ``seed``: the same seed gives the same model."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; presets: {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    return build_random(preset.family, preset.size, seed=seed, dtype=dtype,
+                        attn_implementation=attn_implementation, vision=vision)
+
+
+def load_model(
+    name_or_path: str,
+    dtype: str = "bfloat16",
+    attn_implementation: str = "sdpa",
+    device: str = "cpu",
+    seed: int = 0,
+) -> nn.Module:
+    """A preset by name, else a real checkpoint from a local path or hub id."""
+    if name_or_path in PRESETS:
+        check_device(device)
+        return build_tiny(name_or_path, seed=seed, dtype=dtype, attn_implementation=attn_implementation).to(device)
+    from transformers import AutoModelForImageTextToText
+
+    torch_dtype = parse_dtype(dtype)
+    check_device(device)
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(
+            name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
+        )
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"could not load model {name_or_path!r}: not a preset ({', '.join(PRESETS)}), "
+            f"nor a loadable local path or hub id ({type(err).__name__}: {err})"
+        ) from err
+    return model.to(device).eval()
+
+
+def load_processor(name_or_path: str, required: bool = False) -> Any | None:
+    """The checkpoint's own processor (``None`` for presets, which build requests themselves).
+    Without ``required``, a checkpoint whose processor cannot be loaded gets ``None`` too, and
+    the family's built-in request builder stands in."""
+    if is_preset(name_or_path):
+        return None
+    from transformers import AutoProcessor
+
+    try:
+        return AutoProcessor.from_pretrained(name_or_path)
+    except Exception:
+        if required:
+            raise
+        return None
+
+
+def check_device(device: str) -> None:
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} requested but CUDA is not available on this machine")
+    if not (device == "cpu" or device.startswith("cuda")):
+        raise ValueError(f"device must be 'cpu' or 'cuda[:N]', got {device!r}")
+
+
+def to_device(request: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """A built request on the model's device, pixels in the model's dtype."""
+    params = next(model.parameters())
+    return {k: (v.to(params.device, params.dtype) if k.startswith("pixel_values") else v.to(params.device))
+            for k, v in request.items()}
