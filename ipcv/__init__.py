@@ -3,21 +3,35 @@
 Importable with torch and transformers alone. ``apply(model, vision=IPCVConfig(...),
 llm=LLMPruneConfig(...))`` patches one loaded model instance in place (either or both) and
 returns a handle whose ``remove()`` undoes it.
+
+The configs are plain dataclasses and load at once; the patch (and torch with it) loads on first
+use of ``apply`` or the other names, so that tools that only read settings (a CLI's ``--help``,
+a profile validator) start fast.
 """
 
-from ipcv.api import IPCVHandle, apply
-from ipcv.config import IPCVConfig, LLMPruneConfig
-from ipcv.families import supported_description
-from ipcv.llm import LLMStats
-from ipcv.stats import VisionStats
+from __future__ import annotations
 
-__all__ = [
-    "IPCVConfig",
-    "IPCVHandle",
-    "LLMPruneConfig",
-    "LLMStats",
-    "VisionStats",
-    "apply",
-    "supported_description",
-]
+from importlib import import_module
+from typing import Any
+
+from ipcv.config import IPCVConfig, LLMPruneConfig
+
 __version__ = "0.1.0"
+
+_LAZY = {
+    "IPCVHandle": "ipcv.api",
+    "apply": "ipcv.api",
+    "supported_description": "ipcv.families",
+    "LLMStats": "ipcv.llm",
+    "VisionStats": "ipcv.stats",
+}
+
+__all__ = ["IPCVConfig", "IPCVHandle", "LLMPruneConfig", "LLMStats", "VisionStats", "apply", "supported_description"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        value = getattr(import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'ipcv' has no attribute {name!r}")
