@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipeline.models import build_random, family_named
+from pipeline.models import VisionInput, build_random, family_named, family_of
 
 FAMILY = family_named("qwen2_vl")  # the family the benchmarks measure (the paper's Qwen2-VL)
 SIZES = tuple(s for s in FAMILY.sizes() if s != "tiny")
@@ -27,6 +27,13 @@ def build(size: str, dtype: str, device: torch.device, attn: str, tower_only: bo
     (``attn`` "sdpa-flash" builds sdpa; ``attention_context`` then forces the flash kernel)."""
     return build_random(FAMILY, size, dtype=dtype, device=str(device), on_device=True, tower_only=tower_only,
                         attn_implementation="sdpa" if attn.startswith("sdpa") else attn)
+
+
+def encode(tower: torch.nn.Module, inp: VisionInput) -> torch.Tensor:
+    """The tower alone on ``inp`` (already on its device): the features it hands to the LLM."""
+    family = family_of(tower)
+    args, kwargs = family.vision_input_call(inp)
+    return family.features(tower(*args, **kwargs))
 
 
 def attention_context(attn: str):
@@ -41,7 +48,7 @@ def parser(doc: str, *, resolutions: str, warmup: int, repeats: int) -> argparse
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--resolutions", default=resolutions, help="comma list of image sides (multiples of 28)")
+    p.add_argument("--resolutions", default=resolutions, help="comma list of image sides (multiples of 28: Qwen-VL's patch grid)")
     p.add_argument("--warmup", type=int, default=warmup)
     p.add_argument("--repeats", type=int, default=repeats)
     p.add_argument("--out", type=Path, default=None, help="write <stem>.json and <stem>.md")

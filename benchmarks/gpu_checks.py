@@ -35,19 +35,18 @@ def main() -> None:
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(name, "torch", torch.__version__, flush=True)
-    inp = random_patches([(1, 64, 64), (1, 32, 48)], seed=0)  # 896^2 and 448x672 in one request
-    pixels, grid = inp.pixel_values.to(device, torch.bfloat16), inp.grid_thw.to(device)
+    inp = random_patches([(1, 64, 64), (1, 32, 48)], seed=0).to(device, torch.bfloat16)  # 896^2, 448x672
     tower = common.build(args.size, "bfloat16", device, "sdpa", tower_only=True)
     outs, kept, plain = {}, {}, {}
     for attn in ("sdpa", "sdpa-flash") if device.type == "cuda" else ("sdpa", "eager"):
         with common.attention_context(attn), torch.inference_mode():
-            reference = tower(pixels, grid_thw=grid).pooler_output
+            reference = common.encode(tower, inp)
             plain[attn] = reference.float()
             with ipcv.apply(tower, vision=ipcv.IPCVConfig(reduction_ratio=0.0)):
-                same = tower(pixels, grid_thw=grid).pooler_output
+                same = common.encode(tower, inp)
             report(f"{args.size} bf16 {attn} ratio 0 bit-identical", torch.equal(same, reference), f"{tuple(same.shape)}")
             with ipcv.apply(tower, vision=ipcv.IPCVConfig()) as handle:
-                outs[attn] = tower(pixels, grid_thw=grid).pooler_output.float()
+                outs[attn] = common.encode(tower, inp).float()
                 kept[attn] = set(handle.vision_stats.kept_index.tolist())
                 cos = torch.nn.functional.cosine_similarity(outs[attn], reference.float(), dim=-1)
             report(
@@ -71,14 +70,13 @@ def main() -> None:
         for dtype in ("bfloat16", "float16") if device.type == "cuda" else ("bfloat16",):
             model = build_tiny(name, dtype=dtype).to(device)
             visual = family_of(model).tower(model)
-            small = random_patches([(1, 16, 16), (2, 8, 8)], seed=1)
-            args = (small.pixel_values.to(device, getattr(torch, dtype)),)
+            small = random_patches([(1, 16, 16), (2, 8, 8)], seed=1).to(device, getattr(torch, dtype))
             with torch.inference_mode():
-                reference = visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
+                reference = common.encode(visual, small)
                 with ipcv.apply(model, vision=ipcv.IPCVConfig(reduction_ratio=0.0)):
-                    same = visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
+                    same = common.encode(visual, small)
                 with ipcv.apply(model, vision=ipcv.IPCVConfig(budget="per_image", neighbor_scope="same_image")):
-                    out = visual(*args, grid_thw=small.grid_thw.to(device)).pooler_output
+                    out = common.encode(visual, small)
             report(
                 f"{name} {dtype} cuda", torch.equal(same, reference) and bool(torch.isfinite(out).all()),
                 "ratio 0 identical, per_image/same_image finite",

@@ -37,13 +37,12 @@ def main() -> None:
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
     tower = common.build(args.size, args.dtype, device, "sdpa", tower_only=True)
     side = args.resolution // PATCH
-    inp = random_patches([(1, side, side)], seed=0)
-    pixels, grid = inp.pixel_values.to(device, dtype), inp.grid_thw.to(device)
+    inp = random_patches([(1, side, side)], seed=0).to(device, dtype)
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
 
     def forward():
         with torch.inference_mode():
-            tower(pixels, grid_thw=grid)
+            common.encode(tower, inp)
 
     for tag, cfg in (("unpatched", None), ("IPCV", ipcv.IPCVConfig())):
         handle = ipcv.apply(tower, vision=cfg) if cfg else None

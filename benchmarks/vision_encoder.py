@@ -40,15 +40,14 @@ def peak_memory_mib(fn, device: torch.device) -> float | None:
 
 def bench_one(tower, res: int, cfg: ipcv.IPCVConfig, attn: str, device, dtype, warmup: int, repeats: int) -> dict:
     side = res // PATCH
-    inp = random_patches([(1, side, side)], seed=res)
-    pixels, grid = inp.pixel_values.to(device, dtype), inp.grid_thw.to(device)
+    inp = random_patches([(1, side, side)], seed=res).to(device, dtype)
     dims = vision_dims(tower)
 
     def forward():
         with torch.inference_mode():
-            return tower(pixels, grid_thw=grid)
+            return common.encode(tower, inp)
 
-    row: dict = {"resolution": res, "tokens": int(grid.prod()), "attn": attn}
+    row: dict = {"resolution": res, "tokens": side * side, "attn": attn}
     with common.attention_context(attn):
         with record_vision_layout(tower) as layout:
             forward()
