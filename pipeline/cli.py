@@ -446,45 +446,71 @@ def report(
 def check(
     profile_path: Path = typer.Argument(..., metavar="PROFILE", help="Gate profile, e.g. profiles/ci.yaml."),
     baseline: Path = typer.Option(..., "--baseline", help="Committed baseline, e.g. profiles/baselines/ci.json."),
+    costs: Optional[str] = typer.Option(None, help="How costs are compared: instructions (callgrind instruction "
+                                        "counts, deterministic; needs valgrind) or time (interleaved timings with a "
+                                        "confidence interval; for GPU runners). Default: the baseline's."),
     update: bool = typer.Option(False, "--update", help="Rewrite the baseline from this run and say what changed."),
+    force: bool = typer.Option(False, "--force", help="With --update: write even though python / torch / "
+                               "transformers differ from the versions the baseline was made with."),
     strict_versions: bool = typer.Option(False, "--strict-versions", help="Fail when the baseline's versions differ."),
     json_out: Optional[Path] = JSON_OUT,
 ) -> None:
     """Efficiency gate: rerun a small fixed profile and compare with a baseline; exit 1 on a regression."""
     from pipeline import gate
+    from pipeline.measure import instructions
     from pipeline.sweep.spec import ProfileError, load_spec
 
     try:
+        if costs is not None and costs not in gate.COSTS:
+            raise ValueError(f"--costs must be one of {', '.join(gate.COSTS)}, got {costs!r}")
         spec = load_spec(profile_path)
-        old = gate.load_baseline(baseline) if (baseline.exists() or not update) else None
-    except (ProfileError, FileNotFoundError, ValueError) as err:
+        document = None
+        if baseline.exists() or not update:
+            document = gate.read(baseline) if update else gate.load(baseline, spec, costs)
+        measure_costs = costs or (document.costs if document else "instructions")
+        if update and document is not None and not force and gate.pinned_differences(document):
+            raise ValueError(f"{baseline}: made with other versions ({'; '.join(gate.pinned_differences(document))}); "
+                             "its figures would not be comparable. Run the gate in the pinned environment "
+                             "(docs/ci_gate.md), or add --force to make a baseline for these versions")
+        if measure_costs == "instructions" and instructions.available():
+            raise ValueError(f"instruction counts: {instructions.available()}; or use --costs time")
+    except (ProfileError, gate.BaselineError, ValueError) as err:
         _fail(err)
-    console.print(f"gate [bold]{spec.name}[/bold]: measuring {profile_path} ...")
-    figures = gate.measure(spec)
-    if old is None:
-        gate.write_baseline(baseline, spec, figures)
-        console.print(f"wrote a new baseline with {len(figures)} figures: {baseline}")
+    console.print(f"gate [bold]{spec.name}[/bold]: measuring {profile_path} ({measure_costs}) ...")
+    if document is None or update and document.costs != measure_costs:
+        measured = gate.measure(spec, measure_costs)
+        gate.write(baseline, spec.name, measure_costs, measured.figures)
+        console.print(f"wrote a new baseline with {len(measured.figures)} figures: {baseline}")
         return
-    result = gate.compare(old, figures)
+    if update:
+        measured = gate.measure(spec, measure_costs)
+        result = gate.compare(document, measured.figures, measured.estimates)
+    else:
+        measured, result = gate.check(spec, document)
     for note in result.version_notes:
         console.print(f"[yellow]versions differ:[/yellow] {note}")
     if result.moved:
         table = Table(title="What moved (figure: model|input|method|metric)")
-        for column in ("figure", "baseline", "now", "change", "worse when", "verdict"):
+        for column in ("figure", "baseline", "now", "change", "interval", "worse when", "verdict"):
             table.add_column(column)
         for d in result.moved:
             verdict = "[red]REGRESSION[/red]" if d.regression else d.note
-            table.add_row(d.key, _num(d.baseline), _num(d.current), d.change, d.worse, verdict)
+            interval = f"[{d.interval[0]:.4g}, {d.interval[1]:.4g}]" if d.interval else ""
+            table.add_row(d.key, _num(d.baseline), _num(d.current), d.change, interval, d.worse, verdict)
         console.print(table)
     else:
         console.print(f"all {len(result.deltas)} figures within tolerance")
+    if result.remeasured:
+        console.print(f"re-measured (looked worse at first): {', '.join(sorted(set(result.remeasured)))}")
     _write_json(json_out, json.dumps(gate.result_dict(result), indent=2, default=str))
     if update:
-        gate.write_baseline(baseline, spec, figures, old.get("tolerances"))
+        gate.write(baseline, spec.name, measure_costs, measured.figures,
+                   {name: t.model_dump() for name, t in document.tolerances.items()})
         console.print(f"baseline updated: {baseline} ({len(result.moved)} figures changed)")
         return
     if result.regressions:
-        console.print(f"[red]{len(result.regressions)} regression(s)[/red]; if intended, rerun with --update and commit the baseline")
+        console.print(f"[red]{len(result.regressions)} regression(s)[/red]. If the change is intended (the computation "
+                      "changed on purpose), rerun with --update and commit the baseline with it")
         raise typer.Exit(1)
     if strict_versions and result.version_notes:
         console.print("[red]baseline made with other versions[/red] (--strict-versions)")

@@ -67,6 +67,15 @@ class Method:
     expand: Expand
     vision: bool = False  # carries an IPCVConfig
     llm: str | None = None  # carries an LLMPruneConfig of this method
+    changes_input: bool = False  # sends the model another input than the one it is compared with
+
+    @property
+    def stages(self) -> frozenset[str]:
+        """The stages whose work the method can change ("vision", "prefill"); the others see the
+        same input as without it (IPCV hands the LLM every visual token), so their cost may not move."""
+        vision = self.vision or self.changes_input
+        prefill = self.llm is not None or self.changes_input
+        return frozenset({"vision"} if vision else set()) | frozenset({"prefill"} if prefill else set())
 
 
 def _baseline(m: Any, inp: Any, visions: list, llms: list) -> Variants:
@@ -119,7 +128,7 @@ def _registry() -> dict[str, Method]:
         *(Method(n, _LLM_DESCRIPTIONS.get(n, f"{n} in the LLM prefill"), "", _llm_only(n), llm=n) for n in LLM_METHODS),
         *(Method(f"ipcv+{n}", f"IPCV stacked with {n}", "", _stacked(n), vision=True, llm=n) for n in LLM_METHODS),
         Method("downsample", "the uncompressed model on a smaller image (plain downsampling baseline)", "",
-               _downsample),
+               _downsample, changes_input=True),
     ]
     return {m.name: replace(m, colour=_COLOURS[i % len(_COLOURS)]) for i, m in enumerate(entries)}
 

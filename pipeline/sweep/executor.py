@@ -28,7 +28,7 @@ from pipeline.evaluation.synthetic import write_synthetic
 from pipeline.evaluation.tasks import Sample, Task, get_task
 from pipeline.measure import fidelity
 from pipeline.measure.stages import MeasureSettings, compressed, measure_request
-from pipeline.measure.time_ratios import stage_time_ratios
+from pipeline.measure.time_ratios import RatioEstimate, stage_time_ratios
 from pipeline.models import RequestSpec, family_of, load_model, load_processor, synthetic_spec, to_device
 from pipeline.sweep.grid import Cell, InputSpec
 from pipeline.sweep.rows import base_row, report_columns
@@ -135,7 +135,7 @@ class CellExecutor:
         row["duration_s"] = row["finished_at"] - started
         return row
 
-    def time_ratios(self, cell: Cell, repeats: int) -> dict[str, float]:
+    def time_ratios(self, cell: Cell, repeats: int) -> dict[str, RatioEstimate]:
         """Stage time with the cell's method over without it, from interleaved runs (the gate)."""
         vision, llm = configs(cell)
         return stage_time_ratios(self.model, self.request(cell.input), vision, llm, repeats)
