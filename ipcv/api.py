@@ -110,7 +110,11 @@ def apply(
             raise RuntimeError("this language model is already patched by ipcv.apply; remove that patch first")
     patch = None
     if vision is not None:
-        patch = VisionPatch(family, family.find_tower(model), vision)
+        try:  # the multimodal part (it sees the prompts, so a batch's requests can be told apart)
+            container = family.find_language_side(model).container
+        except (TypeError, ValueError):  # the vision tower alone
+            container = None
+        patch = VisionPatch(family, family.find_tower(model), vision, container)
     llm_patch = None
     if language_side is not None:
         llm_patch = LLMPatch(language_side, llm)

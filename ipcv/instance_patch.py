@@ -3,10 +3,12 @@
 Both patches (vision blocks, decoder layers) set an instance attribute ``forward`` that wraps
 whatever the instance called before (its class's forward, or an instance-level forward someone
 else installed, e.g. accelerate's hooks), so the class and other instances stay untouched.
+``PerThread`` keeps a patch's per-call state apart between threads.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -31,3 +33,23 @@ class InstanceForwards:
             else:
                 module.forward = previous
         self._saved = []
+
+
+class PerThread:
+    """An attribute whose value belongs to the thread that set it: a patch's per-call state, so
+    that one patched model called from several threads at once never mixes two calls' state (a
+    forward runs its hooks in the thread that called it). Unset, it reads as ``None``."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def _local(self, obj: Any) -> threading.local:
+        return obj.__dict__.setdefault("_per_thread", threading.local())
+
+    def __get__(self, obj: Any, objtype: type | None = None) -> Any:
+        if obj is None:
+            return self
+        return getattr(self._local(obj), self.name, None)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        setattr(self._local(obj), self.name, value)

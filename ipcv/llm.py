@@ -32,7 +32,7 @@ from torch import nn
 from ipcv import llm_algorithm as alg
 from ipcv.config import LLMPruneConfig
 from ipcv.families import LanguageSide
-from ipcv.instance_patch import InstanceForwards
+from ipcv.instance_patch import InstanceForwards, PerThread
 
 
 @dataclass
@@ -109,7 +109,13 @@ class _Pruned:
 
 
 class LLMPatch:
-    """LLM-side pruning installed on one model instance; ``remove()`` restores it exactly."""
+    """LLM-side pruning installed on one model instance; ``remove()`` restores it exactly.
+
+    The request seen by the multimodal model and the state of a call live per thread, so the
+    patched model may be called from several threads at once."""
+
+    _request = PerThread()
+    _state = PerThread()
 
     def __init__(self, side: LanguageSide, config: LLMPruneConfig) -> None:
         container, language_model = side.container, side.language_model
@@ -123,8 +129,8 @@ class LLMPatch:
         self.vision_token_ids = side.vision_token_ids
         self.last_stats: LLMStats | None = None
         self.force_kept_image_positions: torch.Tensor | None = None  # replay a selection [B, n_keep]
-        self._request: tuple[torch.Tensor | None, torch.Tensor | None] | None = None
-        self._state: dict[str, Any] | None = None
+        self._request = None  # (input_ids, attention_mask) of the call in progress, per thread
+        self._state = None  # per thread
         self._pruned_caches: weakref.WeakKeyDictionary[Any, _Pruned] = weakref.WeakKeyDictionary()
         self._hooks = [
             container.register_forward_pre_hook(self._remember_request, with_kwargs=True),

@@ -33,7 +33,7 @@ from torch import nn
 from ipcv import algorithm as alg
 from ipcv.config import IPCVConfig
 from ipcv.families import FrameLayout, VisionFamily
-from ipcv.instance_patch import InstanceForwards
+from ipcv.instance_patch import InstanceForwards, PerThread
 from ipcv.stats import OverheadTimer, VisionStats
 
 
@@ -84,11 +84,19 @@ class _PrunePlan:
 
 
 class _ForwardState:
-    """Everything one call of the tower needs; discarded when the call ends."""
+    """Everything one call of the tower needs; discarded when the call ends.
 
-    def __init__(self, frames: FrameLayout, timer: OverheadTimer) -> None:
+    ``request_cu``: token boundaries of the requests of a batch (the tower sees all their images
+    at once); ``[0, N]`` for one request or when the requests cannot be told apart."""
+
+    def __init__(self, frames: FrameLayout, timer: OverheadTimer, item_rows: list[int] | None = None) -> None:
         frame_sizes = torch.tensor(frames.tokens_per_frame, dtype=torch.long)
         self.frame_cu = torch.nn.functional.pad(frame_sizes.cumsum(0), (1, 0))
+        self.request_cu = self.frame_cu[[0, -1]]
+        if item_rows is not None and len(set(item_rows)) > 1:
+            item_ends = self.frame_cu[torch.tensor(frames.frames_per_item).cumsum(0)]
+            last_of_row = [i for i in range(len(item_rows)) if i + 1 == len(item_rows) or item_rows[i + 1] != item_rows[i]]
+            self.request_cu = torch.nn.functional.pad(item_ends[last_of_row], (1, 0))
         self.stats = VisionStats(
             frames_per_item=list(frames.frames_per_item),
             tokens_in=list(frames.tokens_per_frame),
@@ -98,9 +106,21 @@ class _ForwardState:
 
 
 class VisionPatch:
-    """IPCV installed on one vision tower instance; ``remove()`` restores it exactly."""
+    """IPCV installed on one vision tower instance; ``remove()`` restores it exactly.
 
-    def __init__(self, family: VisionFamily, tower: nn.Module, config: IPCVConfig) -> None:
+    The state of a call lives per thread, so the patched tower may be called from several
+    threads at once; ``last_stats`` is that of the last call to finish, in any thread.
+
+    A batch of requests reaches the tower as one call holding every request's images. Given the
+    multimodal ``container`` (it sees the prompts), the patch tells the requests apart, and the
+    "global" budget and neighbour scope mean all images of one request: a request is compressed
+    as it would be alone, whatever else is in the batch."""
+
+    _state = PerThread()
+    _prompt = PerThread()  # input_ids of the container call in progress
+
+    def __init__(self, family: VisionFamily, tower: nn.Module, config: IPCVConfig,
+                 container: nn.Module | None = None) -> None:
         blocks = family.blocks(tower)
         config.check_depth(len(blocks))
         if tower.__dict__.get("_ipcv_vision_patch") is not None:
@@ -112,20 +132,35 @@ class VisionPatch:
         self.config = config
         self.time_overhead = False
         self.last_stats: VisionStats | None = None
-        self._state: _ForwardState | None = None
+        self._state = None  # per thread
         self._forwards = InstanceForwards()
+        self.container = container
         self._hooks = [
             tower.register_forward_pre_hook(self._open, with_kwargs=True),
             tower.register_forward_hook(self._close, always_call=True),
         ]
+        if container is not None:
+            self._hooks += [
+                container.register_forward_pre_hook(self._remember_prompt, with_kwargs=True),
+                container.register_forward_hook(self._forget_prompt, always_call=True),
+            ]
         for index, block in enumerate(blocks):
             self._forwards.replace(index, block, self._make_forward)
 
-    # -- hooks on the tower ---------------------------------------------------------------
+    # -- hooks on the multimodal container and the tower -----------------------------------
+    def _remember_prompt(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._prompt = kwargs.get("input_ids", args[0] if args else None)
+
+    def _forget_prompt(self, module: nn.Module, args: tuple, output: Any) -> None:
+        self._prompt = None
+
     def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
         frames = self.family.frame_layout(args, kwargs)
+        rows = None
+        if self._prompt is not None and self._prompt.shape[0] > 1:
+            rows = self.family.item_rows(self.container.config, self._prompt, frames)
         self.last_stats = None
-        self._state = _ForwardState(frames, OverheadTimer(self.time_overhead))
+        self._state = _ForwardState(frames, OverheadTimer(self.time_overhead), rows)
 
     def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
         state, self._state = self._state, None
@@ -175,25 +210,31 @@ class VisionPatch:
             )
         device = h_after.device
         frame_cu = state.frame_cu.to(device)
+        request_cu = state.request_cu.to(device)
+        batch = request_cu.numel() > 2  # several requests: "global" means each request's own images
         with state.timer("selection", device):
-            if cfg.selection == "random":
-                scores = alg.random_scores(n_tokens, cfg.seed, device)
+            if cfg.selection == "random":  # drawn per request, so a request's draw is its own
+                bounds = request_cu.tolist()
+                scores = torch.cat([alg.random_scores(b - a, cfg.seed, device) for a, b in zip(bounds[:-1], bounds[1:])])
             else:
                 scores = alg.token_scores(h_before, h_after)
-            kept = alg.select_tokens(scores, frame_cu, cfg.reduction_ratio, cfg.budget)
+            if cfg.budget == "global" and batch:
+                kept = alg.select_tokens(scores, request_cu, cfg.reduction_ratio, "per_image")  # per request
+            else:
+                kept = alg.select_tokens(scores, frame_cu, cfg.reduction_ratio, cfg.budget)
             removed = alg.complement(kept, n_tokens)
         segments = alg.segment_ids(frame_cu, n_tokens)
+        scope = segments if cfg.neighbor_scope == "same_image" else (alg.segment_ids(request_cu, n_tokens) if batch else None)
         kept_states, removed_states = h_after[kept], h_after[removed]
         index = weight = None
         with state.timer("neighbors", device):  # neighbour search and the reconstruction matrix
             if cfg.restore == "ngr":
-                same = cfg.neighbor_scope == "same_image"
                 index, weight = alg.find_neighbors(
                     removed_states,
                     kept_states,
                     cfg.neighbors,
-                    segments[removed] if same else None,
-                    segments[kept] if same else None,
+                    scope[removed] if scope is not None else None,
+                    scope[kept] if scope is not None else None,
                 )
                 state.stats.neighbor_search_flops = alg.neighbor_search_flops(
                     removed.numel(), kept.numel(), h_after.shape[-1]

@@ -3,20 +3,24 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline import columns
 from pipeline.methods import LLM_METHODS
 
 app = typer.Typer(
-    help="IPCV scaling study: what visual-token compression buys, stage by stage.",
+    help="IPCV scaling study: what visual-token compression buys, stage by stage. "
+    "An unexpected error prints one message; add --debug (anywhere) for its traceback.",
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,
 )
 # In a terminal rich uses its width; in logs and pipes (80 columns by default) the tables would be
 # squeezed into unreadable wrapping, so give them room there.
@@ -58,6 +62,15 @@ def _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, nei
     )
 
 
+def _open_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        return Image.open(path).convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise ValueError(f"--image {path}: not an image PIL can read ({err})") from None
+
+
 def _llm_config(method: str, **settings):
     """LLM-side pruning of ``method`` (``None`` for "none")."""
     import ipcv
@@ -68,8 +81,25 @@ def _llm_config(method: str, **settings):
 
 
 def _fail(err: Exception, code: int = 2) -> None:
-    console.print(f"[red]error:[/red] {err}")
+    console.print(f"[red]error:[/red] {escape(str(err))}")
     raise typer.Exit(code) from None
+
+
+def _check_writable(path: Optional[Path], what: str = "--json") -> None:
+    """Refuse an output path that cannot be written before the work that fills it starts."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a folder; give a file path")
+    folder = next((p for p in (path.parent, *path.parent.parents) if p.exists()), Path("/"))
+    if not folder.is_dir() or not _writable(folder):
+        raise ValueError(f"{what} {path}: {folder} is not a writable folder")
+
+
+def _writable(folder: Path) -> bool:
+    import os
+
+    return os.access(folder, os.W_OK)
 
 
 def _write_json(path: Optional[Path], text: str) -> None:
@@ -103,6 +133,7 @@ def demo(
     from pipeline.models.requests import synthetic_vision_input
 
     try:
+        _check_writable(json_out)
         config = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed)
         requirements_for(model).check_resolution(resolution)
         if images < 1:
@@ -169,6 +200,7 @@ def profile(
     from pipeline.models import RequestSpec, load_model, load_processor, requirements_for, synthetic_spec
 
     try:
+        _check_writable(json_out)
         vision = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore,
                               seed) if ipcv_on else None
         llm = _llm_config(llm_method, layer=llm_layer, reduction_ratio=llm_ratio)
@@ -176,12 +208,10 @@ def profile(
         requirements = requirements_for(model)
         requirements.check_resolution(resolution)
         if image:
-            from PIL import Image
-
             missing = [str(p) for p in image if not p.is_file()]
             if missing:
                 raise ValueError(f"image file(s) not found: {', '.join(missing)}")
-            spec = RequestSpec([Image.open(p).convert("RGB") for p in image], [], prompt, resolution)
+            spec = RequestSpec([_open_image(p) for p in image], [], prompt, resolution)
         else:
             spec = synthetic_spec(resolution, images=images, video_frames=video_frames, seed=seed, prompt=prompt,
                                   requirements=requirements)
@@ -229,6 +259,7 @@ def evaluate(
     from pipeline.sweep.spec import ModelSpec, TaskSpec
 
     try:
+        _check_writable(out, "--out")
         spec = get_task(task)
         requirements_for(model).check_resolution(resolution)
         requirements_for(model).check_frames(frames)
@@ -339,13 +370,23 @@ def run(
     out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the profile's output_dir)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray on 127.0.0.1)."),
     node_ip: Optional[str] = typer.Option(None, help="This machine's IP as the cluster at --address knows it."),
-    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells already finished in --out (a rerun resumes too)."),
+    resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells already finished in --out (a rerun "
+                                "resumes too); --no-resume measures them again, moving their earlier results to "
+                                "OUT/superseded/ (nothing is deleted)."),
+    add: bool = typer.Option(False, "--add", help="Measure this profile into a folder that holds another sweep's "
+                             "results (its results then hold this profile's cells; the others stay on disk)."),
     wandb_mode: Optional[str] = typer.Option(None, help="Override the profile's W&B mode: offline, online or disabled."),
     executor: str = typer.Option("ray", help="ray (actors: a local Ray on 127.0.0.1, or the cluster at --address) "
                                  "or local (every cell in this process, no Ray: one GPU or a CPU)."),
 ) -> None:
-    """Run a sweep: every cell of the profile on Ray (or in this process), results to Parquet and W&B, resumable."""
-    import shutil
+    """Run a sweep: every cell of the profile on Ray (or in this process), results to Parquet and W&B, resumable.
+
+    An output folder belongs to one sweep (OUT/sweep.json): another sweep's folder is refused
+    unless --add; a changed profile keeps the earlier version's cells on disk but out of the
+    results; a second driver on the same folder is refused.
+
+    Exit status: 0 when every cell is ok, 1 when some failed (listed above the results path),
+    2 for bad input (profile, options, benchmark data), 130 when interrupted."""
 
     from pipeline.sweep.driver import EXECUTORS, run_sweep
     from pipeline.sweep.grid import expand
@@ -365,18 +406,27 @@ def run(
     except ProfileError as err:
         _fail(err)
     out_dir = out or Path(spec.output_dir)
-    if not resume and (out_dir / "cells").exists():
-        shutil.rmtree(out_dir / "cells")
     console.print(f"sweep [bold]{spec.name}[/bold]: {len(cells)} cells -> {out_dir}")
     from pipeline.evaluation import DataError
+    from pipeline.sweep.driver import ResourceError
+    from pipeline.sweep.store import StoreError, StoreWriteError
 
     try:
-        summary = run_sweep(spec, out_dir, address=address, node_ip_address=node_ip, executor=executor)
-    except DataError as err:
+        summary = run_sweep(spec, out_dir, address=address, node_ip_address=node_ip, executor=executor,
+                            resume=resume, add=add)
+    except StoreWriteError as err:
+        _fail(err, code=1)
+    except (DataError, StoreError, ResourceError) as err:
         _fail(err)
+    for note in summary.notes:
+        console.print(f"[yellow]note:[/yellow] {note}")
+    if summary.superseded:
+        console.print(f"--no-resume: the earlier results of these cells were moved to {summary.superseded}")
     _print_sweep(summary)
     if summary.interrupted:
         raise typer.Exit(130)
+    if summary.failed:
+        raise typer.Exit(1)
 
 
 def _summary_cell(group, column: columns.Column) -> str:
@@ -461,6 +511,7 @@ def check(
     from pipeline.sweep.spec import ProfileError, load_spec
 
     try:
+        _check_writable(json_out)
         if costs is not None and costs not in gate.COSTS:
             raise ValueError(f"--costs must be one of {', '.join(gate.COSTS)}, got {costs!r}")
         spec = load_spec(profile_path)
@@ -523,5 +574,21 @@ def _num(value) -> str:
     return f"{value:.6g}" if isinstance(value, float) else str(value)
 
 
+def entry() -> None:
+    """The ``ipcv-study`` command. An error the commands do not expect ends with one message and
+    exit 1; ``--debug`` (anywhere on the command line) lets its traceback through."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    try:
+        app()
+    except Exception as err:
+        if debug:
+            raise
+        console.print(f"[red]error:[/red] {escape(type(err).__name__)}: {escape(str(err))}\n"
+                      "(run again with --debug to see the traceback)")
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    app()
+    entry()

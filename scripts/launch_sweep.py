@@ -34,7 +34,7 @@ def main() -> int:
                         node_ip_address=args.node_ip_address)
     print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done (of {summary.total}); "
           f"wall {summary.wall_s:.1f} s; loads per worker {summary.loads_per_worker}; results {summary.results}")
-    return 130 if summary.interrupted else 0
+    return 130 if summary.interrupted else (1 if summary.failed else 0)
 
 
 if __name__ == "__main__":

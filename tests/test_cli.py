@@ -2,6 +2,7 @@ import json
 import re
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli import app
@@ -84,3 +85,49 @@ def test_run_with_the_local_executor_needs_no_ray(tmp_path):
                          (["--executor", "local", "--address", "auto"], "--address needs --executor ray")):
         result = runner.invoke(app, ["run", profile, *bad])
         assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_run_exits_1_when_a_cell_fails(tmp_path):
+    import yaml
+
+    profile = tmp_path / "p.yaml"
+    profile.write_text(yaml.safe_dump({
+        "name": "fails", "models": [{"name": str(tmp_path / "no-such-checkpoint"), "dtype": "float32"}],
+        "inputs": {"images": {"resolutions": [56]}}, "methods": {"baseline": True},
+        "measurement": {"warmup": 0, "repeats": 1, "max_new_tokens": 1, "count_flops": False},
+        "tracking": {"mode": "disabled"}}))
+    result = runner.invoke(app, ["run", str(profile), "--out", str(tmp_path / "out"), "--executor", "local"])
+    assert result.exit_code == 1, result.output
+    assert "0 ok, 1 failed" in result.output and "model load failed" in result.output
+
+
+def test_bad_outputs_and_inputs_end_with_a_message_before_any_work(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    result = runner.invoke(app, ["profile", "--json", str(blocker / "profile.json")])
+    assert result.exit_code == 2 and "is not a writable folder" in result.output
+    not_image = tmp_path / "notes.png"
+    not_image.write_text("not pixels")
+    result = runner.invoke(app, ["profile", "--image", str(not_image)])
+    assert result.exit_code == 2 and "not an image PIL can read" in result.output
+    result = runner.invoke(app, ["demo", "--model", str(tmp_path / "no[data]")])  # brackets are not markup
+    assert result.exit_code == 2 and "no[data]" in result.output
+
+
+def test_an_unexpected_error_is_one_message_unless_debug(monkeypatch, capsys):
+    import sys
+
+    from pipeline import cli
+
+    def broken():
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli, "app", broken)
+    monkeypatch.setattr(sys, "argv", ["ipcv-study", "run", "x.yaml"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.entry()
+    assert exit_info.value.code == 1
+    assert "RuntimeError: disk on fire" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["ipcv-study", "--debug", "run", "x.yaml"])
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        cli.entry()

@@ -5,9 +5,15 @@ In its own module so that no simulated cluster of another test module is alive m
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -21,17 +27,48 @@ ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
 
 
+@contextlib.contextmanager
+def local_head(env: dict, port: int, dashboard_port: int):
+    """A Ray head on 127.0.0.1 that this test alone owns: ``ray start --block`` in a process
+    group of its own, with a temporary directory of its own, stopped by signalling that group
+    (never ``ray stop``, which would stop every Ray on the machine)."""
+    temp = tempfile.mkdtemp(prefix="ray-t")  # short: Ray's socket paths live under it
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--include-dashboard=true",
+         "--disable-usage-stats", f"--temp-dir={temp}"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 120
+        while True:  # up when its dashboard answers
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/version", timeout=2)
+                break
+            except OSError:
+                if head.poll() is not None or time.time() > deadline:
+                    raise RuntimeError(f"the test's Ray head did not start (exit {head.poll()})") from None
+                time.sleep(1)
+        yield ray_bin
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        time.sleep(2)  # its children leave with the group; anything left is still ours to stop
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
 @pytest.mark.slow
 def test_job_submitted_to_a_local_head_completes(tmp_path):
     if ray.is_initialized():
         ray.shutdown()
     # one machine, loopback only: no cluster address resolution and no token auth between our own processes
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    start = [ray_bin, "start", "--head", "--node-ip-address=127.0.0.1", "--port=6391", "--dashboard-host=127.0.0.1",
-             "--dashboard-port=8291", "--num-cpus=2", "--include-dashboard=true", "--disable-usage-stats"]
-    subprocess.run(start, check=True, env=env, capture_output=True, timeout=120)
-    try:
+    with local_head(env, 6391, 8291) as ray_bin:
         out = tmp_path / "job"
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8291", "--",
@@ -43,8 +80,6 @@ def test_job_submitted_to_a_local_head_completes(tmp_path):
         assert "succeeded" in (job.stdout + job.stderr).lower()
         table = pd.read_parquet(out / "results.parquet")
         assert len(table) == len(expand(load_spec(ROOT / "profiles" / "tiny-test.yaml"))) and (table.status == "ok").all()
-    finally:
-        subprocess.run([ray_bin, "stop", "--force"], env=env, capture_output=True, timeout=120)
 
 
 def test_cli_run_prints_a_summary_and_resumes(tmp_path):

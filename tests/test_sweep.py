@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import os
 import socket
+import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -162,6 +164,25 @@ def test_the_local_executor_writes_the_rows_ray_writes(cluster, tmp_path):
     pd.testing.assert_frame_equal(a, b)
 
 
+def test_a_worker_killed_while_computing_a_reference_loses_nothing(cluster, tmp_path):
+    """The reference dies with its worker: the driver computes it again on the restarted worker
+    instead of handing the dead object to cell after cell (which stalled for minutes)."""
+    spec = parse_spec(gpu_profile(tracking={"mode": "disabled"}))
+    killed = []
+
+    def kill_once(actor):
+        if not killed:
+            killed.append(actor)
+            ray.kill(actor, no_restart=False)  # the reference just submitted to it dies with it
+
+    started = time.time()
+    summary = run_sweep(spec, tmp_path, progress=False, on_reference=kill_once)
+    table = pd.read_parquet(summary.results)
+    assert killed and len(table) == len(expand(spec)) == table.cell_id.nunique()
+    assert (table.status == "ok").all(), table[table.status != "ok"][["method", "error"]]
+    assert time.time() - started < 240  # nothing waited out a timeout
+
+
 def test_interrupted_sweep_resumes_to_the_same_table(cluster, tmp_path):
     spec = parse_spec(gpu_profile(tracking={"mode": "disabled"}))
     full = pd.read_parquet(run_sweep(spec, tmp_path / "full", progress=False).results)
@@ -212,7 +233,10 @@ def test_benchmark_accuracy_and_report_on_a_sweep(cluster, tmp_path):
     spec = parse_spec(gpu_profile(inputs={"images": {"resolutions": [56]}}, evaluation=evaluation,
                                   methods={"baseline": True, "ipcv": {"reduction_ratio": [0.5]}, "llm": {"method": ["fastv"]},
                                            "downsample": {"resolutions": [28]}}))
+    rendered_before = set(Path(tempfile.gettempdir()).glob("ipcv-synthetic-*"))
     summary = run_sweep(spec, tmp_path, progress=False)
+    # the workers rendered the synthetic benchmark into temporary folders and removed them
+    assert set(Path(tempfile.gettempdir()).glob("ipcv-synthetic-*")) <= rendered_before
     table = pd.read_parquet(summary.results)
     assert (table.status == "ok").all(), table.error.tolist()
     assert (table.acc_pope_samples == 4).all() and (table.acc_mvbench_samples == 2).all()

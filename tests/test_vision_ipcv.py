@@ -246,3 +246,34 @@ def test_qwen25_windows_keep_counts_per_window():
             if c:
                 expected.append(expected[-1] + c)
         assert patched[block] == expected
+
+
+@pytest.mark.parametrize("config", [ipcv.IPCVConfig(), ipcv.IPCVConfig(selection="random", neighbor_scope="same_image")])
+def test_each_request_of_a_batch_is_compressed_as_if_it_were_alone(family, config):
+    """The tower gets every request's images in one call; "global" means one request's images,
+    so a request's visual features do not depend on what else is in the batch."""
+    model = tiny(family)
+    a = multimodal_request(random_patches([(1, 8, 8), (1, 4, 8)], seed=50))  # two images
+    b = multimodal_request(random_patches([(1, 8, 12)], seed=51))  # one larger image
+    pad = a["input_ids"].shape[1] - b["input_ids"].shape[1]
+    zeros = torch.zeros(1, pad, dtype=torch.long)
+    batch = {
+        "input_ids": torch.cat([a["input_ids"], torch.cat([torch.full((1, pad), 2), b["input_ids"]], 1)]),
+        "attention_mask": torch.cat([a["attention_mask"], torch.cat([zeros, b["attention_mask"]], 1)]),
+        "mm_token_type_ids": torch.cat([a["mm_token_type_ids"], torch.cat([zeros, b["mm_token_type_ids"]], 1)]),
+        "pixel_values": torch.cat([a["pixel_values"], b["pixel_values"]]),
+        "image_grid_thw": torch.cat([a["image_grid_thw"], b["image_grid_thw"]]),
+    }
+    features: list[torch.Tensor] = []
+    hook = tower_of(model).register_forward_hook(lambda m, args, out: features.append(out.pooler_output))
+    with torch.no_grad(), ipcv.apply(model, vision=config) as handle:
+        model(**a)
+        kept_a = handle.vision_stats.tokens_kept
+        model(**b)
+        kept_b = handle.vision_stats.tokens_kept
+        model(**batch)
+        kept_batch = handle.vision_stats.tokens_kept
+    hook.remove()
+    alone = torch.cat(features[:2])
+    assert kept_batch == kept_a + kept_b  # each request kept its own share: floor(n_r (1 - r))
+    torch.testing.assert_close(features[2], alone, rtol=1e-4, atol=1e-5)

@@ -105,6 +105,11 @@ class VisionFamily:
         """Images / frames of a tower call, from the arguments the tower was called with."""
         raise NotImplementedError
 
+    def item_rows(self, config: Any, input_ids: torch.Tensor, frames: FrameLayout) -> list[int] | None:
+        """The batch row (request) of each image / video of a tower call, read from the prompts'
+        placeholder tokens; None when they do not match the call (then it is one request)."""
+        return None
+
     def split_block_call(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         """A block call as ``(hidden_states, keyword arguments)``."""
         raise NotImplementedError

@@ -37,6 +37,17 @@ class QwenVLFamily(VisionFamily):
         sizes = torch.repeat_interleave(grid[:, 1] * grid[:, 2], grid[:, 0])
         return FrameLayout(frames_per_item=grid[:, 0].tolist(), tokens_per_frame=sizes.tolist())
 
+    def item_rows(self, config: Any, input_ids: torch.Tensor, frames: FrameLayout) -> list[int] | None:
+        # each image / video is one run of its placeholder token in its row, of t*h*w / merge^2 tokens
+        merge = config.vision_config.spatial_merge_size ** 2
+        sizes = iter(frames.tokens_per_frame)
+        item_tokens = [sum(next(sizes) for _ in range(n)) // merge for n in frames.frames_per_item]
+        for token in (config.image_token_id, config.video_token_id):
+            rows, lengths = _runs(input_ids == token)
+            if lengths == item_tokens:
+                return rows
+        return None
+
     def split_block_call(self, args: tuple, kwargs: dict) -> tuple[torch.Tensor, dict[str, Any]]:
         kwargs = dict(kwargs)
         if args:
@@ -77,3 +88,10 @@ QWEN2_5_VL = QwenVLFamily(
     tower_classes=("Qwen2_5_VisionTransformerPretrainedModel",),
     model_classes=("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"),
 )
+
+
+def _runs(mask: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Row and length of every run of True in a [B, S] mask, in row-major order."""
+    edges = torch.diff(torch.nn.functional.pad(mask.to(torch.int8), (1, 1)), dim=1)
+    starts, ends = (edges == 1).nonzero().tolist(), (edges == -1).nonzero().tolist()
+    return [row for row, _ in starts], [end - start for (_, start), (_, end) in zip(starts, ends)]

@@ -23,6 +23,7 @@ from pipeline.models.registry import (
     family_for_name,
     family_named,
     family_of,
+    model_depths,
     requirements_for,
     supported_requirements,
 )
@@ -36,7 +37,7 @@ def request_builder(model, processor=None):
 
 __all__ = [
     "DTYPES", "FAMILIES", "LLMDims", "ModelFamily", "PRESETS", "Preset", "RequestSpec", "Requirements",
-    "VisionDims", "VisionInput", "build_random", "build_tiny", "check_device", "family_for_name", "family_named", "family_of",
-    "is_preset", "load_model", "load_processor", "parse_dtype", "request_builder", "requirements_for", "supported_requirements",
-    "synthetic_spec", "to_device",
+    "VisionDims", "VisionInput", "build_random", "build_tiny", "check_device", "family_for_name",
+    "family_named", "family_of", "is_preset", "load_model", "model_depths", "load_processor", "parse_dtype",
+    "request_builder", "requirements_for", "supported_requirements", "synthetic_spec", "to_device",
 ]

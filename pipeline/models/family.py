@@ -117,6 +117,14 @@ class ModelFamily:
         """The vision tower alone of an architecture size (for encoder-only benchmarks)."""
         raise NotImplementedError
 
+    def depths(self, config: dict[str, Any]) -> tuple[int, int] | None:
+        """(vision blocks, decoder layers) from a checkpoint's ``config.json`` contents, or None."""
+        return None
+
+    def size_depths(self, size: str) -> tuple[int, int]:
+        """(vision blocks, decoder layers) of an architecture size."""
+        raise NotImplementedError
+
     # -- where the stages are -------------------------------------------------------------------
     def tower(self, model: nn.Module) -> nn.Module:
         return self.method.find_tower(model)

@@ -197,6 +197,15 @@ class QwenVL(ModelFamily):
             raise ValueError(f"{self.label}: unknown size {size!r}; sizes: {', '.join(self._sizes)}")
         return self._sizes[size]
 
+    def size_depths(self, size: str) -> tuple[int, int]:
+        spec = self.size_spec(size)
+        return spec["vision"]["depth"], spec["text"]["num_hidden_layers"]
+
+    def depths(self, config: dict[str, Any]) -> tuple[int, int] | None:
+        vision = (config.get("vision_config") or {}).get("depth")
+        layers = (config.get("text_config") or {}).get("num_hidden_layers") or config.get("num_hidden_layers")
+        return (int(vision), int(layers)) if vision and layers else None
+
     def config(self, size: str, vision: dict[str, Any] | None = None) -> Any:
         import transformers
 

@@ -35,20 +35,37 @@ def family_named(key: str) -> ModelFamily:
     raise ValueError(f"unknown model family {key!r}; families: {', '.join(f.key for f in FAMILIES)}")
 
 
+def _local_config(name: str) -> dict | None:
+    path = Path(name).expanduser() / "config.json"
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def model_depths(name: str) -> tuple[int, int] | None:
+    """(vision blocks, decoder layers) of a preset or a local checkpoint, without loading it;
+    None when they cannot be known here (a hub id)."""
+    for family in FAMILIES:
+        if name in family.presets:
+            return family.size_depths(family.presets[name])
+    family, config = family_for_name(name), _local_config(name)
+    return family.depths(config) if family and config else None
+
+
 def family_for_name(name: str) -> ModelFamily | None:
     """The family a preset, a local checkpoint (its config.json) or a hub id names, without
     loading anything; ``None`` when it cannot be told (the model's own classes decide at load)."""
     for family in FAMILIES:
         if name in family.presets:
             return family
-    config = Path(name).expanduser() / "config.json"
-    if config.is_file():
-        try:
-            model_type = json.loads(config.read_text()).get("model_type")
-        except (OSError, ValueError):
-            model_type = None
+    config = _local_config(name)
+    if config is not None:
         for family in FAMILIES:
-            if model_type in family.model_types:
+            if config.get("model_type") in family.model_types:
                 return family
     for family in sorted(FAMILIES, key=lambda f: -max((len(h) for h in f.name_hints), default=0)):
         if family.matches_name(name):

@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipeline.report import figures, markdown, pareto
 from pipeline.report.html import write_html
+from pipeline.sweep.store import ResultStore
 
 log = logging.getLogger(__name__)
 
@@ -34,16 +35,34 @@ class ReportResult:
 
 
 def load_results(out_dir: Path) -> pd.DataFrame:
+    """The rows of the folder's current profile: from the cell files themselves (``results.parquet``
+    may be older than them after an interrupted run), else from ``results.parquet`` alone."""
     if not out_dir.is_dir():
         raise ReportError(f"{out_dir}: no such directory (give a sweep's output directory)")
+    if (out_dir / "cells").is_dir():
+        return ResultStore(out_dir).table()
     path = out_dir / "results.parquet"
     if path.exists():
-        return pd.read_parquet(path)
-    from pipeline.sweep.store import ResultStore
-
-    if (out_dir / "cells").is_dir():  # an interrupted sweep before its consolidation
-        return ResultStore(out_dir).table()
+        try:
+            return pd.read_parquet(path)
+        except Exception as err:  # a damaged file, and no cells/ to rebuild it from
+            raise ReportError(f"{path}: unreadable ({type(err).__name__}: {err}) and no cells/ beside it") from None
     raise ReportError(f"{out_dir}: no results.parquet or cells/ (is this a sweep's output directory?)")
+
+
+def coverage_notes(out_dir: Path) -> list[str]:
+    """What the folder lacks of its profile, and what it holds beyond it."""
+    if not (out_dir / "cells").is_dir():
+        return []
+    c = ResultStore(out_dir).coverage()
+    notes = []
+    if c.missing:
+        notes.append(f"{c.missing} of the profile's {c.cells} cells have no result yet: the sweep is not finished "
+                     "(rerun ipcv-study run to resume it)")
+    if c.outside:
+        notes.append(f"{c.outside} cell file(s) in cells/ belong to an earlier version of the profile (or another "
+                     "sweep) and are left out")
+    return notes
 
 
 def _profile(out_dir: Path) -> dict[str, Any]:
@@ -68,7 +87,7 @@ def build_report(out_dir: str | Path, *, quality: str = "auto", costs: list[str]
     profile = _profile(out_dir)
     sweep = profile.get("name") or out_dir.name
     result = ReportResult(report_dir, metric, [])
-    result.notes += _quality_notes(rows, metric, quality)
+    result.notes += coverage_notes(out_dir) + _quality_notes(rows, metric, quality)
     for cost in costs:
         if rows[pareto.COST[cost].column].notna().any():
             result.costs.append(cost)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+import torch
 from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from pipeline.evaluation import check_sources
@@ -29,10 +30,14 @@ from pipeline.sweep.executor import ModelWorker, run_inline
 from pipeline.sweep.grid import Cell, expand
 from pipeline.sweep.rows import base_row
 from pipeline.sweep.spec import SweepSpec
-from pipeline.sweep.store import ResultStore
+from pipeline.sweep.store import ResultStore, StoreWriteError
 from pipeline.sweep.tracking import CellLogger
 
 EXECUTORS = ("ray", "local")
+
+
+class ResourceError(RuntimeError):
+    """The cluster lacks what the profile's workers need; the message says what."""
 
 
 @dataclass
@@ -48,6 +53,8 @@ class SweepSummary:
     loads_per_worker: dict[str, int] = field(default_factory=dict)
     wandb_failures: int = 0
     interrupted: bool = False
+    notes: list[str] = field(default_factory=list)  # about the output folder (changed profile, cells left out)
+    superseded: Path | None = None  # where --no-resume moved the earlier results of these cells
 
 
 def plan_workers(models: dict[str, Any], cells_per_model: dict[str, int], resources: dict[str, float]) -> dict[str, int]:
@@ -63,7 +70,8 @@ def plan_workers(models: dict[str, Any], cells_per_model: dict[str, int], resour
             need = {n: models[n].gpus for n in names}
             capacity = resources.get("GPU", 0)
             if capacity < max(need.values()):
-                raise RuntimeError(f"the cluster has {capacity:g} GPUs; a worker needs {max(need.values()):g}")
+                raise ResourceError(f"the cluster has {capacity:g} GPUs; a worker needs {max(need.values()):g} "
+                                    "(models with gpus > 0); add GPU nodes, or set gpus: 0 to run on CPUs")
         else:
             need = {n: 1.0 for n in names}
             capacity = max(1.0, resources.get("CPU", 1) - 1)
@@ -84,11 +92,18 @@ def run_sweep(
     on_row: Callable[[dict[str, Any]], None] | None = None,
     node_ip_address: str | None = None,
     executor: str = "ray",
+    on_reference: Callable[[Any], None] | None = None,
+    resume: bool = True,
+    add: bool = False,
 ) -> SweepSummary:
     """Run (or resume) a sweep. ``stop_after`` ends it after that many finished cells (for tests
-    and partial runs); ``on_row`` sees each finished row (the driver's hook for fault injection);
+    and partial runs); ``on_row`` sees each finished row and ``on_reference`` each actor a
+    reference was just submitted to (the driver's hooks for fault injection);
     ``node_ip_address`` is this driver's address when joining a cluster at ``address``;
-    ``executor``: "ray" (actors, local or on a cluster) or "local" (this process, no Ray)."""
+    ``executor``: "ray" (actors, local or on a cluster) or "local" (this process, no Ray);
+    ``resume=False`` measures every cell again (earlier results are moved aside, never deleted);
+    ``add`` lets this sweep use a folder that holds another sweep's results (``StoreError``
+    otherwise, before anything starts)."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "local" and address:
@@ -98,10 +113,22 @@ def run_sweep(
     if cells:  # benchmark data that cannot be read stops the sweep here, before anything starts
         check_sources(cells[0].evaluation)
     store = ResultStore(out)
-    store.write_json("profile.json", spec.model_dump())
-    done = store.done()
-    todo = [c for c in cells if c.id not in done]
-    summary = SweepSummary(out, out / "results.parquet", total=len(cells), skipped=len(cells) - len(todo))
+    with store.locked():
+        summary = SweepSummary(out, out / "results.parquet", total=len(cells), skipped=0)
+        summary.notes = store.claim(spec.name, spec.model_dump(), [c.id for c in cells], add=add)
+        if not resume:
+            summary.superseded = store.supersede([c.id for c in cells])
+        if executor == "local" and not torch.cuda.is_available():
+            summary.notes += [f"model {m.name} asks for {m.gpus:g} GPU(s) but this machine has no CUDA device: it runs "
+                              "on the CPU (CPU timings)" for m in spec.models if m.gpus > 0]
+        done = store.done()
+        todo = [c for c in cells if c.id not in done]
+        summary.skipped = len(cells) - len(todo)
+        _run(spec, todo, store, summary, address, node_ip_address, executor, progress, stop_after, on_row, on_reference)
+    return summary
+
+
+def _run(spec, todo, store, summary, address, node_ip_address, executor, progress, stop_after, on_row, on_reference):
     started_ray = False
     if executor == "ray" and not ray.is_initialized():
         if address:
@@ -109,24 +136,41 @@ def run_sweep(
         else:  # a local Ray on the loopback address only
             ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
         started_ray = True
-    logger = CellLogger(spec.tracking, spec.name, out)
+    logger = CellLogger(spec.tracking, spec.name, store.root)
     t0 = time.time()
-    drive = _drive if executor == "ray" else _drive_local
     try:
-        drive(spec, todo, store, logger, summary, progress, stop_after, on_row)
+        if executor == "ray":
+            _drive(spec, todo, store, logger, summary, progress, stop_after, on_row, on_reference)
+        else:
+            _drive_local(spec, todo, store, logger, summary, progress, stop_after, on_row)
     except KeyboardInterrupt:
         summary.interrupted = True
     finally:
         summary.wall_s = time.time() - t0
         summary.wandb_failures = logger.failures
-        store.consolidate()
-        store.write_json("summary.json", summary.__dict__)
         if started_ray:
             ray.shutdown()
-    return summary
+        try:
+            store.consolidate()
+            store.write_json("summary.json", summary.__dict__)
+        except OSError as err:  # e.g. a full disk: the cell files written so far are the results
+            summary.notes.append(f"could not write results.parquet / summary.json ({err.strerror}); "
+                                 f"the finished cells are in {store.cells}")
 
 
-def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> None:
+def _failed(ref: Any) -> bool:
+    """True when ``ref`` is finished and holds an error (e.g. its worker died computing it)."""
+    ready, _ = ray.wait([ref], timeout=0)
+    if not ready:
+        return False
+    try:
+        ray.get(ref, timeout=0)
+    except Exception:
+        return True
+    return False
+
+
+def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row, on_reference=None) -> None:
     if not todo:
         return
     by_model: dict[str, list[Cell]] = collections.defaultdict(list)
@@ -146,9 +190,23 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
     references: dict[tuple, Any] = {}
     attempts: dict[str, int] = collections.Counter()
     unavailable: dict[str, int] = collections.Counter()
+    lost: dict[tuple, int] = collections.Counter()  # references recomputed after their worker died
     in_flight: dict[Any, tuple[Any, Cell]] = {}
     finished = 0
     bar = _Progress(len(todo), progress)
+
+    released: set[Any] = set()
+
+    def release(actor) -> None:
+        """Let the worker clean up (its temporary files), then stop it."""
+        if actor in released:
+            return
+        released.add(actor)
+        try:
+            ray.get(actor.close.remote(), timeout=30)
+        except Exception:  # already dead or stuck: nothing more to ask of it
+            pass
+        ray.kill(actor)
 
     def submit(actor) -> bool:
         queue = queues[actors[actor]]
@@ -159,6 +217,8 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
         if key not in references:
             references[key] = actor.reference.remote(cell.reference_input, spec.measurement.max_new_tokens,
                                                       cell.evaluation)
+            if on_reference:
+                on_reference(actor)
         attempts[cell.id] += 1
         in_flight[actor.run.remote(cell, references[key], attempts[cell.id])] = (actor, cell)
         return True
@@ -171,17 +231,27 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
         actor, cell = in_flight.pop(future)
         try:
             row = ray.get(future)
-        except ActorUnavailableError:
-            # the worker is restarting (after a crash): not the cell's fault, try again shortly
-            unavailable[cell.id] += 1
-            if unavailable[cell.id] > 600:
-                raise RuntimeError(f"worker for {cell.model.name} did not come back within 5 minutes") from None
-            attempts[cell.id] -= 1
-            time.sleep(0.5)
-            queues[actors[actor]].appendleft(cell)
-            submit(actor)
-            continue
-        except (RayActorError, RayTaskError) as err:
+        except (ActorUnavailableError, RayActorError, RayTaskError) as err:
+            key = cell.reference_key
+            if key in references and lost[key] <= retries and _failed(references[key]):
+                # the reference died with its worker: every cell handed it would fail, so compute
+                # it again (on the restarted worker); this does not count against the cell
+                lost[key] += 1
+                del references[key]
+                attempts[cell.id] -= 1
+                queues[actors[actor]].appendleft(cell)
+                submit(actor)
+                continue
+            if isinstance(err, ActorUnavailableError):
+                # the worker is restarting (after a crash): not the cell's fault, try again shortly
+                unavailable[cell.id] += 1
+                if unavailable[cell.id] > 600:
+                    raise RuntimeError(f"worker for {cell.model.name} did not come back within 5 minutes") from None
+                attempts[cell.id] -= 1
+                time.sleep(0.5)
+                queues[actors[actor]].appendleft(cell)
+                submit(actor)
+                continue
             if attempts[cell.id] <= retries:
                 queues[actors[actor]].appendleft(cell)  # the restarted actor takes it again
                 submit(actor)
@@ -193,18 +263,22 @@ def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row) -> 
         if stop_after is not None and finished >= stop_after:
             break
         if not submit(actor) and not any(a is actor for a, _ in in_flight.values()):
-            ray.kill(actor)  # its model has no cells left: free its GPU for waiting workers
+            release(actor)  # its model has no cells left: free its GPU for waiting workers
         if on_row:
             on_row({**row, "_actor": actor})
     bar.close()
     for actor in actors:
-        ray.kill(actor)
+        release(actor)
 
 
 def _record(cell: Cell, row: dict[str, Any], store: ResultStore, logger: CellLogger, summary: SweepSummary,
             bar: _Progress) -> None:
     """A finished row: to the store (answers first), to W&B, into the summary and progress."""
-    store.write(row)
+    try:
+        store.write(row)
+    except OSError as err:  # a full disk, a folder gone read-only: stop, keeping what was written
+        raise StoreWriteError(f"writing the result of cell {cell.id} to {store.cells} failed ({err.strerror}); "
+                         "the cells finished before it are kept, and a rerun resumes from them") from None
     row.pop("predictions", None)
     logger.log(cell, row)
     summary.ok += row["status"] == "ok"

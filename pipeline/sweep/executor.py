@@ -72,6 +72,13 @@ class CellExecutor:
         self.processor = load_processor(model.name) if self.model is not None else None
         self.builder = family_of(self.model).request_builder(self.model, self.processor) if self.model is not None else None
 
+    def close(self) -> None:
+        """Remove what this executor rendered to temporary storage (synthetic benchmarks): a
+        worker that is killed afterwards leaves nothing behind."""
+        if self._scratch is not None:
+            self._scratch.cleanup()
+            self._scratch = None
+
     def info(self) -> dict[str, Any]:
         return {"worker_id": self.worker_id, "loads": self.loads, "model": self.spec.name}
 
@@ -194,6 +201,7 @@ def run_inline(cells: list[Cell], max_new_tokens: int) -> Iterator[tuple[CellExe
                 references[cell.reference_key] = executor.reference(cell.reference_input, max_new_tokens,
                                                                     cell.evaluation)
             yield executor, cell, executor.run(cell, references[cell.reference_key])
+        executor.close()
         del executor, references
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import ipcv
 from pipeline import methods
+from pipeline.models import model_depths
 from pipeline.sweep.spec import ModelSpec, ProfileError, SweepSpec
 
 
@@ -129,10 +130,30 @@ def expand(spec: SweepSpec) -> list[Cell]:
     if spec.evaluation:
         evaluation = {"max_new_tokens": spec.evaluation.max_new_tokens,
                       "tasks": [t.cell_config() for t in spec.evaluation.tasks]}
+    for model in spec.models:
+        _check_depths(model.name, visions, llms)
     cells: dict[str, Cell] = {}
     for model in spec.models:
         for inp in _inputs(spec):
             for method, cell_input, vision, llm in methods.expand(spec.methods, inp, visions, llms):
                 cell = Cell(model, cell_input, method, vision, llm, measurement, evaluation)
                 cells.setdefault(cell.id, cell)
+    if not cells:
+        raise ProfileError("methods: the profile makes no cells (no baseline and no method switched on)")
     return list(cells.values())
+
+
+def _check_depths(model: str, visions: list[dict[str, Any]], llms: list[dict[str, Any]]) -> None:
+    """Settings that name blocks or layers a model does not have fail here, before anything runs,
+    for models whose depths are known without loading them (presets, local checkpoints)."""
+    depths = model_depths(model)
+    if depths is None:
+        return
+    vision_depth, llm_layers = depths
+    for section, configs, config_class, depth in (("methods.ipcv", visions, ipcv.IPCVConfig, vision_depth),
+                                                  ("methods.llm", llms, ipcv.LLMPruneConfig, llm_layers)):
+        for values in configs:
+            try:
+                config_class(**values).check_depth(depth)
+            except ValueError as err:
+                raise ProfileError(f"{section}: {err} (model {model})") from None

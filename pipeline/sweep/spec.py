@@ -87,8 +87,10 @@ class Inputs(_Strict):
 
 
 def _grid(name: str, fields: tuple[methods.GridField, ...], doc: str) -> type[_Strict]:
-    """A profile section of lists, one per config field, each defaulting to ``[the config's default]``."""
-    model = create_model(name, __base__=_Strict, **{f.name: (list[f.type], [f.default]) for f in fields})
+    """A profile section of lists, one per config field, each defaulting to ``[the config's default]``
+    (an empty list is an error: it would silently drop the method)."""
+    model = create_model(name, __base__=_Strict,
+                         **{f.name: (list[f.type], Field(default=[f.default], min_length=1)) for f in fields})
     model.__doc__ = doc
     return model
 
@@ -179,12 +181,32 @@ class ProfileError(ValueError):
     """A profile that cannot be used; the message names the file and the key path."""
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (plain YAML
+    keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_spec(path: str | Path) -> SweepSpec:
     path = Path(path)
     if not path.is_file():
-        raise ProfileError(f"{path}: no such profile file")
+        raise ProfileError(f"{path}: no such profile file" + (" (it is a folder)" if path.is_dir() else ""))
     try:
-        data = yaml.safe_load(path.read_text())
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as err:
+        raise ProfileError(f"{path}: not a YAML text file (not UTF-8 at byte {err.start})") from None
+    except OSError as err:
+        raise ProfileError(f"{path}: cannot be read ({err.strerror})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as err:
         raise ProfileError(f"{path}: not valid YAML: {err}") from None
     if not isinstance(data, dict):
