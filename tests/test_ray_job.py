@@ -6,6 +6,7 @@ In its own module so that no simulated cluster of another test module is alive m
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -102,3 +103,29 @@ def test_cli_run_prints_a_summary_and_resumes(tmp_path):
     assert second.exit_code == 0 and "0 ok, 0 failed, 6 already done (of 6)" in second.output
     bad = runner.invoke(app, ["run", str(tmp_path / "missing.yaml")])
     assert bad.exit_code == 2 and "no such profile file" in bad.output
+
+
+@pytest.mark.slow
+def test_a_local_sweep_listens_on_the_loopback_address_only(tmp_path):
+    """README's main command, without the tests' Ray settings: every socket the sweep's Ray opens
+    for listening is on 127.0.0.1."""
+    script = tmp_path / "probe.py"
+    script.write_text(f"""
+import json, psutil
+from pipeline.sweep.driver import run_sweep
+from pipeline.sweep.spec import load_spec
+def listening():
+    return {{(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}}
+before = listening()
+seen = set()
+run_sweep(load_spec({str(ROOT / "profiles" / "tiny-test.yaml")!r}), {str(tmp_path / "out")!r}, progress=False,
+          on_row=lambda row: seen.update(listening() - before))
+print(json.dumps(sorted(seen)))
+""")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "RAY_ADDRESS")}
+    env["WANDB_MODE"] = "disabled"
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    opened = json.loads(done.stdout.strip().splitlines()[-1])
+    assert opened, "the probe saw no listening socket of the sweep's Ray"
+    assert all(ip in ("127.0.0.1", "::ffff:127.0.0.1", "::1") for ip, _ in opened), opened

@@ -13,7 +13,7 @@ from pipeline.report import build_report, load_results
 from pipeline.sweep.driver import run_sweep
 from pipeline.sweep.grid import expand
 from pipeline.sweep.spec import parse_spec
-from pipeline.sweep.store import ResultStore, StoreError
+from pipeline.sweep.store import ResultStore, StoreError, StoreWriteError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -98,3 +98,24 @@ def test_an_output_path_that_is_a_file_is_refused(tmp_path):
         sweep(profile(), target)
     data = copy.deepcopy(profile())
     assert sweep(data, tmp_path / "fresh").ok == 3
+
+
+def test_a_full_disk_stops_the_sweep_with_a_message_and_keeps_what_was_written(tmp_path, monkeypatch):
+    import errno
+
+    written = []
+    original = ResultStore.write
+
+    def write(self, row):
+        if written:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        written.append(row["cell_id"])
+        original(self, row)
+
+    monkeypatch.setattr(ResultStore, "write", write)
+    with pytest.raises(StoreWriteError, match="No space left on device.*a rerun resumes"):
+        sweep(profile(), tmp_path)
+    monkeypatch.undo()
+    assert [p.stem for p in (tmp_path / "cells").glob("*.parquet")] == written
+    again = sweep(profile(), tmp_path)
+    assert again.skipped == 1 and again.ok == 2

@@ -15,6 +15,7 @@ Ctrl-C behave the same.
 from __future__ import annotations
 
 import collections
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -134,6 +135,9 @@ def _run(spec, todo, store, summary, address, node_ip_address, executor, progres
         if address:
             ray.init(address=address, _node_ip_address=node_ip_address, log_to_driver=False)
         else:  # a local Ray on the loopback address only
+            # Ray's single-machine mode: without it Ray registers the node on the machine's outward
+            # address and its servers listen on every interface, whatever _node_ip_address says
+            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
         started_ray = True
     logger = CellLogger(spec.tracking, spec.name, store.root)
