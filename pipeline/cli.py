@@ -465,6 +465,28 @@ def _print_sweep(summary) -> None:
     console.print(f"results: {summary.results}")
 
 
+@app.command("sync-wandb")
+def sync_wandb(
+    out_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="A sweep's output folder."),
+    wandb_mode: Optional[str] = typer.Option(None, help="offline or online (default: the sweep profile's)."),
+) -> None:
+    """Log the W&B runs a sweep's folder lacks (cells an earlier run could not log: W&B slow or unreachable)."""
+    from pipeline.sweep.driver import sync_wandb as sync
+    from pipeline.sweep.spec import ProfileError
+    from pipeline.sweep.store import StoreError
+
+    if wandb_mode not in (None, "offline", "online"):
+        _fail(ValueError(f"--wandb-mode must be offline or online, got {wandb_mode!r}"))
+    try:
+        queued, not_logged = sync(out_dir, wandb_mode)
+    except (StoreError, ProfileError) as err:
+        _fail(err)
+    console.print(f"{queued} cell(s) lacked a W&B run; {queued - not_logged if queued else 0} logged now"
+                  + (f", {not_logged} still not logged" if not_logged else ""))
+    if not_logged:
+        raise typer.Exit(1)
+
+
 @app.command()
 def report(
     out_dir: Path = typer.Argument(..., metavar="OUTPUT_DIR", help="A sweep's output directory (holds results.parquet or cells/)."),

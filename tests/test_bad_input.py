@@ -72,3 +72,14 @@ def test_result_files_follow_the_umask(tmp_path):
     for written in (tmp_path / "cells" / "c1.parquet", tmp_path / "predictions" / "c1.parquet",
                     tmp_path / "profile.json", path):
         assert written.stat().st_mode & 0o777 == 0o640, written
+
+
+def test_a_profile_read_back_from_its_output_folder_makes_the_same_cells():
+    """OUT/profile.json is what resume, sync-wandb and cluster jobs read: its cells are the same
+    cells (a default left as an int once made `gpus: 0` hash differently from `gpus: 0.0`)."""
+    from pathlib import Path
+
+    for path in sorted((Path(__file__).resolve().parents[1] / "profiles").glob("*.yaml")):
+        spec = load_spec(path)
+        again = parse_spec(json.loads(json.dumps(spec.model_dump())))
+        assert [c.id for c in expand(again)] == [c.id for c in expand(spec)], path

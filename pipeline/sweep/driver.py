@@ -15,6 +15,7 @@ Ctrl-C behave the same.
 from __future__ import annotations
 
 import collections
+import json
 import os
 import time
 from collections.abc import Callable
@@ -30,9 +31,9 @@ from pipeline.evaluation import check_sources
 from pipeline.sweep.executor import ModelWorker, run_inline
 from pipeline.sweep.grid import Cell, expand
 from pipeline.sweep.rows import base_row
-from pipeline.sweep.spec import SweepSpec
-from pipeline.sweep.store import ResultStore, StoreWriteError
-from pipeline.sweep.tracking import CellLogger
+from pipeline.sweep.spec import SweepSpec, parse_spec
+from pipeline.sweep.store import ResultStore, StoreError, StoreWriteError
+from pipeline.sweep.tracking import CellLogger, logged_cells
 
 EXECUTORS = ("ray", "local")
 
@@ -96,6 +97,7 @@ def run_sweep(
     on_reference: Callable[[Any], None] | None = None,
     resume: bool = True,
     add: bool = False,
+    logger_class: type[CellLogger] = CellLogger,
 ) -> SweepSummary:
     """Run (or resume) a sweep. ``stop_after`` ends it after that many finished cells (for tests
     and partial runs); ``on_row`` sees each finished row and ``on_reference`` each actor a
@@ -104,7 +106,8 @@ def run_sweep(
     ``executor``: "ray" (actors, local or on a cluster) or "local" (this process, no Ray);
     ``resume=False`` measures every cell again (earlier results are moved aside, never deleted);
     ``add`` lets this sweep use a folder that holds another sweep's results (``StoreError``
-    otherwise, before anything starts)."""
+    otherwise, before anything starts); ``logger_class`` is the W&B logger (a hook for tests and
+    the overhead benchmark, which make W&B slow or fail)."""
     if executor not in EXECUTORS:
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "local" and address:
@@ -125,11 +128,49 @@ def run_sweep(
         done = store.done()
         todo = [c for c in cells if c.id not in done]
         summary.skipped = len(cells) - len(todo)
-        _run(spec, todo, store, summary, address, node_ip_address, executor, progress, stop_after, on_row, on_reference)
+        _run(spec, cells, todo, store, summary, address, node_ip_address, executor, progress, stop_after, on_row,
+             on_reference, logger_class(spec.tracking, spec.name, store.root))
     return summary
 
 
-def _run(spec, todo, store, summary, address, node_ip_address, executor, progress, stop_after, on_row, on_reference):
+def log_missing_runs(spec: SweepSpec, cells: list[Cell], store: ResultStore, logger: CellLogger) -> int:
+    """Queue a W&B run for every finished cell of the profile that has none yet (an earlier run
+    could not log it); returns how many."""
+    if not logger.enabled:
+        return 0
+    table = store.table()
+    if table.empty:
+        return 0
+    logged = logged_cells(store.root)
+    by_id = {c.id: c for c in cells}
+    missing = [row for row in table.to_dict(orient="records")
+               if row.get("status") == "ok" and row["cell_id"] in by_id and row["cell_id"] not in logged]
+    for row in missing:
+        logger.log(by_id[row["cell_id"]], {k: v for k, v in row.items() if not _missing(v)})
+    return len(missing)
+
+
+def sync_wandb(out_dir: str | Path, mode: str | None = None) -> tuple[int, int]:
+    """Log the W&B runs a sweep's folder lacks (``ipcv-study sync-wandb``): (queued, not logged)."""
+    out = Path(out_dir)
+    profile = out / "profile.json"
+    if not profile.is_file():
+        raise StoreError(f"{out}: no profile.json (is this a sweep's output folder?)")
+    spec = parse_spec(json.loads(profile.read_text()), source=str(profile))
+    if mode is not None:
+        spec = spec.model_copy(update={"tracking": spec.tracking.model_copy(update={"mode": mode})})
+    store = ResultStore(out)
+    logger = CellLogger(spec.tracking, spec.name, out)
+    queued = log_missing_runs(spec, expand(spec), store, logger)
+    return queued, logger.close(spec.tracking.flush_timeout_s)
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and value != value)
+
+
+def _run(spec, cells, todo, store, summary, address, node_ip_address, executor, progress, stop_after, on_row,
+         on_reference, logger):
     started_ray = False
     if executor == "ray" and not ray.is_initialized():
         if address:
@@ -140,7 +181,9 @@ def _run(spec, todo, store, summary, address, node_ip_address, executor, progres
             os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
             ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
         started_ray = True
-    logger = CellLogger(spec.tracking, spec.name, store.root)
+    earlier = log_missing_runs(spec, cells, store, logger)
+    if earlier:
+        summary.notes.append(f"{earlier} finished cell(s) without a W&B run from an earlier run are logged now")
     t0 = time.time()
     try:
         if executor == "ray":
@@ -151,7 +194,10 @@ def _run(spec, todo, store, summary, address, node_ip_address, executor, progres
         summary.interrupted = True
     finally:
         summary.wall_s = time.time() - t0
-        summary.wandb_failures = logger.failures
+        summary.wandb_failures = logger.close(spec.tracking.flush_timeout_s)
+        if summary.wandb_failures:
+            summary.notes.append(f"{summary.wandb_failures} cell(s) have no W&B run yet (failed or still queued when "
+                                 f"the time ran out): `ipcv-study sync-wandb {store.root}` or the next run logs them")
         if started_ray:
             ray.shutdown()
         try:

@@ -39,7 +39,7 @@ class ModelSpec(_Strict):
     name: str
     dtype: Literal[tuple(DTYPES)] = "bfloat16"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
-    gpus: float = Field(0, ge=0, description="GPUs per worker (0: CPU); several for models that need them")
+    gpus: float = Field(0.0, ge=0, description="GPUs per worker (0: CPU); several for models that need them")
     batch: int = Field(1, ge=1, le=1, description="prompts per request (only 1 is measured so far)")
     seed: int = Field(0, ge=0, description="weights seed of tiny presets")
 
@@ -127,6 +127,8 @@ class Tracking(_Strict):
     entity: str | None = None
     mode: Literal["offline", "online", "disabled"] = "offline"
     group: str | None = None
+    flush_timeout_s: float = Field(120.0, ge=0, description="at the end, how long W&B may take to log what is queued")
+    log_threads: int = Field(4, ge=1, le=64, description="background threads logging W&B runs")
 
 
 TaskName = Literal[tuple(TASKS)]
