@@ -366,8 +366,10 @@ def _print_profile(report) -> None:
 
 @app.command()
 def run(
-    profile_path: Path = typer.Argument(..., metavar="PROFILE", help="Sweep profile (YAML), e.g. profiles/smoke.yaml."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output directory (default: the profile's output_dir)."),
+    profile_path: Path = typer.Argument(..., metavar="PROFILE", help="Sweep profile (YAML), e.g. profiles/smoke.yaml, "
+                                        "or the name of a shipped one (smoke, qwen2-vl-7b)."),
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default: the profile's output_dir), or "
+                                      "a URI in object storage (s3://bucket/prefix, gs://..., file:///...)."),
     address: Optional[str] = typer.Option(None, help="Ray cluster address (default: a local Ray on 127.0.0.1)."),
     node_ip: Optional[str] = typer.Option(None, help="This machine's IP as the cluster at --address knows it."),
     resume: bool = typer.Option(True, "--resume/--no-resume", help="Skip cells already finished in --out (a rerun "
@@ -390,14 +392,14 @@ def run(
 
     from pipeline.sweep.driver import EXECUTORS, run_sweep
     from pipeline.sweep.grid import expand
-    from pipeline.sweep.spec import ProfileError, load_spec
+    from pipeline.sweep.spec import ProfileError, find_profile, load_spec
 
     try:
         if executor not in EXECUTORS:
             raise ProfileError(f"--executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
         if executor == "local" and address:
             raise ProfileError("--address needs --executor ray")
-        spec = load_spec(profile_path)
+        spec = load_spec(find_profile(profile_path))
         if wandb_mode is not None:
             if wandb_mode not in ("offline", "online", "disabled"):
                 raise ProfileError(f"--wandb-mode must be offline, online or disabled, got {wandb_mode!r}")
@@ -405,10 +407,10 @@ def run(
         cells = expand(spec)
     except ProfileError as err:
         _fail(err)
-    out_dir = out or Path(spec.output_dir)
+    out_dir = out if out and "://" in out else Path(out or spec.output_dir)
     console.print(f"sweep [bold]{spec.name}[/bold]: {len(cells)} cells -> {out_dir}")
     from pipeline.evaluation import DataError
-    from pipeline.sweep.driver import ResourceError
+    from pipeline.sweep.ray_driver import ResourceError
     from pipeline.sweep.store import StoreError, StoreWriteError
 
     try:
@@ -416,7 +418,7 @@ def run(
                             resume=resume, add=add)
     except StoreWriteError as err:
         _fail(err, code=1)
-    except (DataError, StoreError, ResourceError) as err:
+    except (DataError, StoreError, ResourceError, ValueError) as err:
         _fail(err)
     for note in summary.notes:
         console.print(f"[yellow]note:[/yellow] {note}")
@@ -462,7 +464,41 @@ def _print_sweep(summary) -> None:
         f"model loads per worker: {summary.loads_per_worker or '-'}"
         + (f"; W&B failures: {summary.wandb_failures} (local results kept)" if summary.wandb_failures else "")
     )
-    console.print(f"results: {summary.results}")
+    console.print(f"results: {summary.remote or summary.results}"
+                  + (f" (local copy: {summary.results})" if summary.remote else ""))
+
+
+@app.command()
+def submit(
+    profile_path: Path = typer.Argument(..., metavar="PROFILE", help="Sweep profile inside this checkout, or a shipped "
+                                        "profile's name."),
+    address: str = typer.Option(..., help="The cluster's job server, e.g. http://HEAD:8265."),
+    out: str = typer.Option(..., "--out", help="Where results go: an absolute path on the cluster's head, or an "
+                            "object-storage URI (s3://bucket/prefix)."),
+    wandb_mode: Optional[str] = typer.Option(None, help="Override the profile's W&B mode: offline, online or disabled."),
+    pass_wandb_key: bool = typer.Option(False, "--pass-wandb-key", help="Send this machine's WANDB_API_KEY with the job "
+                                        "(Ray keeps it in the job's metadata; otherwise set it on the cluster)."),
+    wait: bool = typer.Option(True, "--wait/--no-wait", help="Stream the job's log until it ends (default)."),
+) -> None:
+    """Run a sweep as a Ray job on a running cluster, from this checkout's code; stream its log."""
+    from pipeline.sweep.spec import ProfileError
+    from pipeline.sweep.submit import submit as submit_job
+
+    if wandb_mode not in (None, "offline", "online", "disabled"):
+        _fail(ValueError(f"--wandb-mode must be offline, online or disabled, got {wandb_mode!r}"))
+    try:
+        done = submit_job(profile_path, address, out, wandb_mode=wandb_mode, pass_wandb_key=pass_wandb_key, wait=wait,
+                          echo=lambda line: console.print(escape(line), highlight=False))
+    except (ProfileError, ValueError) as err:
+        _fail(err)
+    except ConnectionError as err:
+        _fail(ValueError(f"no Ray job server answers at {address} ({err})"))
+    if done.status is None:
+        console.print(f"follow it with: ray job logs --address {address} --follow {done.job_id}")
+        return
+    console.print(f"job {done.job_id}: {done.status}; results: {done.out}")
+    if done.status != "SUCCEEDED":
+        raise typer.Exit(1)
 
 
 @app.command("sync-wandb")
@@ -530,13 +566,13 @@ def check(
     """Efficiency gate: rerun a small fixed profile and compare with a baseline; exit 1 on a regression."""
     from pipeline import gate
     from pipeline.measure import instructions
-    from pipeline.sweep.spec import ProfileError, load_spec
+    from pipeline.sweep.spec import ProfileError, find_profile, load_spec
 
     try:
         _check_writable(json_out)
         if costs is not None and costs not in gate.COSTS:
             raise ValueError(f"--costs must be one of {', '.join(gate.COSTS)}, got {costs!r}")
-        spec = load_spec(profile_path)
+        spec = load_spec(find_profile(profile_path))
         document = None
         if baseline.exists() or not update:
             document = gate.read(baseline) if update else gate.load(baseline, spec, costs)

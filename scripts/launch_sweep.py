@@ -15,25 +15,28 @@ import sys
 from pathlib import Path
 
 from pipeline.sweep.driver import run_sweep
-from pipeline.sweep.spec import ProfileError, load_spec
+from pipeline.sweep.spec import ProfileError, find_profile, load_spec
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("profile", type=Path)
-    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("profile", type=Path, help="a profile path (relative to here or to the project checkout) "
+                        "or the name of a shipped profile")
+    parser.add_argument("--out", default=None, help="output folder (absolute: the job's working directory is "
+                        "temporary) or an object-storage URI (s3://bucket/prefix)")
     parser.add_argument("--address", default="auto", help="Ray address to join (default: the cluster this runs in)")
     parser.add_argument("--node-ip-address", default=None, help="this node's IP as the cluster knows it (e.g. 127.0.0.1)")
     args = parser.parse_args()
     try:
-        spec = load_spec(args.profile)
+        spec = load_spec(find_profile(args.profile))
     except ProfileError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    summary = run_sweep(spec, args.out or Path(spec.output_dir), address=args.address, progress=False,
-                        node_ip_address=args.node_ip_address)
+    out = args.out if args.out and "://" in args.out else Path(args.out or spec.output_dir).resolve()
+    summary = run_sweep(spec, out, address=args.address, progress=False, node_ip_address=args.node_ip_address)
     print(f"{summary.ok} ok, {summary.failed} failed, {summary.skipped} already done (of {summary.total}); "
-          f"wall {summary.wall_s:.1f} s; loads per worker {summary.loads_per_worker}; results {summary.results}")
+          f"wall {summary.wall_s:.1f} s; loads per worker {summary.loads_per_worker}; "
+          f"results {summary.remote or summary.results}")
     return 130 if summary.interrupted else (1 if summary.failed else 0)
 
 

@@ -131,3 +131,15 @@ def test_an_unexpected_error_is_one_message_unless_debug(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["ipcv-study", "--debug", "run", "x.yaml"])
     with pytest.raises(RuntimeError, match="disk on fire"):
         cli.entry()
+
+
+def test_submit_refuses_what_would_fail_on_the_cluster(tmp_path):
+    base = ["submit", "tiny-test", "--address", "http://127.0.0.1:9"]
+    result = runner.invoke(app, [*base, "--out", "results/x"])
+    assert result.exit_code == 2 and "absolute path on the cluster or an object-storage URI" in result.output
+    outside = tmp_path / "p.yaml"
+    outside.write_text((Path(__file__).resolve().parents[1] / "profiles" / "tiny-test.yaml").read_text())
+    result = runner.invoke(app, ["submit", str(outside), "--address", "http://127.0.0.1:9", "--out", "/tmp/x"])
+    assert result.exit_code == 2 and "must be inside the checkout" in result.output
+    result = runner.invoke(app, [*base, "--out", "/tmp/x"])  # nothing listens there
+    assert result.exit_code == 2 and "no Ray job server answers" in result.output, result.output

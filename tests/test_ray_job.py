@@ -5,16 +5,10 @@ In its own module so that no simulated cluster of another test module is alive m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import shutil
-import signal
 import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 import pandas as pd
@@ -23,64 +17,48 @@ import ray
 
 from pipeline.sweep.grid import expand
 from pipeline.sweep.spec import load_spec
+from tests.ray_heads import local_head
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
 
 
-@contextlib.contextmanager
-def local_head(env: dict, port: int, dashboard_port: int):
-    """A Ray head on 127.0.0.1 that this test alone owns: ``ray start --block`` in a process
-    group of its own, with a temporary directory of its own, stopped by signalling that group
-    (never ``ray stop``, which would stop every Ray on the machine)."""
-    temp = tempfile.mkdtemp(prefix="ray-t")  # short: Ray's socket paths live under it
-    ray_bin = str(Path(sys.executable).parent / "ray")
-    head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--num-cpus=2", "--include-dashboard=true",
-         "--disable-usage-stats", f"--temp-dir={temp}"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    try:
-        deadline = time.time() + 120
-        while True:  # up when its dashboard answers
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{dashboard_port}/api/version", timeout=2)
-                break
-            except OSError:
-                if head.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"the test's Ray head did not start (exit {head.poll()})") from None
-                time.sleep(1)
-        yield ray_bin
-    finally:
-        os.killpg(head.pid, signal.SIGTERM)
-        try:
-            head.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            os.killpg(head.pid, signal.SIGKILL)
-        time.sleep(2)  # its children leave with the group; anything left is still ours to stop
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(head.pid, signal.SIGKILL)
-        shutil.rmtree(temp, ignore_errors=True)
-
-
 @pytest.mark.slow
-def test_job_submitted_to_a_local_head_completes(tmp_path):
+def test_jobs_submitted_to_a_local_head_complete_from_any_directory(tmp_path):
+    """`ray job submit` of the launch script, and `ipcv-study submit` (this checkout's code as the
+    job's working directory), both run from another directory with a bare profile name and an
+    absolute --out: the results are there when the jobs end."""
     if ray.is_initialized():
         ray.shutdown()
     # one machine, loopback only: no cluster address resolution and no token auth between our own processes
-    env = {**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled"}
-    with local_head(env, 6391, 8291) as ray_bin:
+    env = {**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
+           "WANDB_MODE": "disabled"}
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    cells = len(expand(load_spec(ROOT / "profiles" / "tiny-test.yaml")))
+    with local_head(env, 6391, dashboard_port=8291) as ray_bin:
         out = tmp_path / "job"
         job = subprocess.run(
             [ray_bin, "job", "submit", "--address", "http://127.0.0.1:8291", "--",
-             sys.executable, str(ROOT / "scripts" / "launch_sweep.py"), str(ROOT / "profiles" / "tiny-test.yaml"),
-             "--out", str(out), "--node-ip-address", "127.0.0.1"],
-            env=env, capture_output=True, text=True, timeout=600,
+             sys.executable, str(ROOT / "scripts" / "launch_sweep.py"), "tiny-test", "--out", str(out),
+             "--node-ip-address", "127.0.0.1"],
+            env=env, cwd=elsewhere, capture_output=True, text=True, timeout=600,
         )
         assert job.returncode == 0, (job.stdout + job.stderr)[-1500:]
         assert "succeeded" in (job.stdout + job.stderr).lower()
         table = pd.read_parquet(out / "results.parquet")
-        assert len(table) == len(expand(load_spec(ROOT / "profiles" / "tiny-test.yaml"))) and (table.status == "ok").all()
+        assert len(table) == cells and (table.status == "ok").all()
+
+        submitted = tmp_path / "submitted"
+        ipcv_study = str(Path(sys.executable).parent / "ipcv-study")
+        job = subprocess.run([ipcv_study, "submit", "tiny-test", "--address", "http://127.0.0.1:8291",
+                              "--out", str(submitted), "--wandb-mode", "disabled"],
+                             env=env, cwd=elsewhere, capture_output=True, text=True, timeout=600)
+        assert job.returncode == 0, (job.stdout + job.stderr)[-2000:]
+        assert "SUCCEEDED" in job.stdout and f"results: {submitted}" in job.stdout
+        assert "6 ok, 0 failed" in job.stdout  # the job's own log, streamed
+        table = pd.read_parquet(submitted / "results.parquet")
+        assert len(table) == cells and (table.status == "ok").all()
 
 
 def test_cli_run_prints_a_summary_and_resumes(tmp_path):
@@ -114,6 +92,7 @@ def test_a_local_sweep_listens_on_the_loopback_address_only(tmp_path):
 import json, psutil
 from pipeline.sweep.driver import run_sweep
 from pipeline.sweep.spec import load_spec
+from tests.ray_heads import local_head
 def listening():
     return {{(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}}
 before = listening()

@@ -119,3 +119,59 @@ def test_a_full_disk_stops_the_sweep_with_a_message_and_keeps_what_was_written(t
     assert [p.stem for p in (tmp_path / "cells").glob("*.parquet")] == written
     again = sweep(profile(), tmp_path)
     assert again.skipped == 1 and again.ok == 2
+
+
+def test_an_object_storage_out_holds_whole_cells_and_a_rerun_resumes_from_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
+    uri = f"file://{tmp_path}/bucket/sweeps/tiny"
+    first = sweep(profile(), uri, stop_after=2)
+    assert first.ok == 2 and first.remote == f"{uri}/results.parquet"
+    bucket = tmp_path / "bucket" / "sweeps" / "tiny"
+    assert len(list((bucket / "cells").glob("*.parquet"))) == 2 and not list(bucket.rglob(".*.tmp"))
+    assert {"sweep.json", "profile.json", "results.parquet"} <= {p.name for p in bucket.iterdir()}
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-b"))  # another machine: nothing local
+    again = sweep(profile(), uri)
+    assert again.skipped == 2 and again.ok == 1
+    assert len(pd.read_parquet(bucket / "results.parquet")) == 3
+
+
+def test_an_s3_out_on_a_local_s3_server(tmp_path, monkeypatch):
+    """The same against S3's protocol: moto's server on 127.0.0.1, started and stopped here."""
+    import shutil
+    import socket
+    import subprocess
+    import time
+
+    from pyarrow import fs
+
+    server = shutil.which("moto_server")
+    if server is None:
+        pytest.skip("moto[server] is not installed (the dev extra has it)")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+    try:
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
+        query = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        for _ in range(50):  # up when it answers
+            try:
+                s3, _ = fs.FileSystem.from_uri(f"s3://results?{query}&allow_bucket_creation=true")
+                s3.create_dir("results")
+                break
+            except OSError:
+                time.sleep(0.2)
+        uri = f"s3://results/sweeps/tiny?{query}"
+        assert sweep(profile(), uri, stop_after=1).ok == 1
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-b"))
+        again = sweep(profile(), uri)
+        assert again.skipped == 1 and again.ok == 2
+        keys = [i.path for i in s3.get_file_info(fs.FileSelector("results/sweeps/tiny", recursive=True))]
+        assert sum(k.startswith("results/sweeps/tiny/cells/") for k in keys) == 3
+        assert not any(k.rsplit("/", 1)[-1].startswith(".") for k in keys)  # no temporary object left
+    finally:
+        process.terminate()
+        process.wait(timeout=30)

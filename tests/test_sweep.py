@@ -14,8 +14,9 @@ import pytest
 import ray
 import yaml
 
-from pipeline.sweep.driver import plan_workers, run_sweep
+from pipeline.sweep.driver import run_sweep
 from pipeline.sweep.grid import expand
+from pipeline.sweep.ray_driver import plan_workers
 from pipeline.sweep.spec import ProfileError, load_spec, parse_spec
 from tests.wandb_offline import read_runs
 

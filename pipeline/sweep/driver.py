@@ -1,11 +1,8 @@
 """The sweep driver: cells to executors, rows to the store and W&B, resumable.
 
-With the Ray executor (the default), one actor per GPU (or per GPU group, ``gpus`` of the model spec; per CPU slot for CPU models)
-holds one loaded model and runs that model's cells one after another. Uncompressed references
-are computed once per model x input and passed to the cells as Ray object references. A cell
-that raises is recorded as failed; a worker that dies is restarted by Ray and its cell retried up
-to ``measurement.max_retries`` times, then recorded as failed. Ctrl-C stops submitting, keeps
-every finished row and writes the consolidated table.
+With the Ray executor (the default) cells run on Ray actors, one loaded model each
+(``pipeline/sweep/ray_driver.py``: workers, references, retries, autoscaling). Ctrl-C stops
+submitting, keeps every finished row and writes the consolidated table.
 
 With the local executor (``executor="local"``: a workstation without Ray, one GPU or a CPU) the
 same cell executor runs every cell in this process, model by model; store, W&B, resume and
@@ -14,9 +11,9 @@ Ctrl-C behave the same.
 
 from __future__ import annotations
 
-import collections
 import json
 import os
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -25,21 +22,17 @@ from typing import Any
 
 import ray
 import torch
-from ray.exceptions import ActorUnavailableError, RayActorError, RayTaskError
 
 from pipeline.evaluation import check_sources
-from pipeline.sweep.executor import ModelWorker, run_inline
+from pipeline.sweep.executor import run_inline
 from pipeline.sweep.grid import Cell, expand
-from pipeline.sweep.rows import base_row
+from pipeline.sweep.ray_driver import RayDriver
+from pipeline.sweep.remote import RemoteFolder, is_uri
 from pipeline.sweep.spec import SweepSpec, parse_spec
 from pipeline.sweep.store import ResultStore, StoreError, StoreWriteError
 from pipeline.sweep.tracking import CellLogger, logged_cells
 
 EXECUTORS = ("ray", "local")
-
-
-class ResourceError(RuntimeError):
-    """The cluster lacks what the profile's workers need; the message says what."""
 
 
 @dataclass
@@ -57,31 +50,7 @@ class SweepSummary:
     interrupted: bool = False
     notes: list[str] = field(default_factory=list)  # about the output folder (changed profile, cells left out)
     superseded: Path | None = None  # where --no-resume moved the earlier results of these cells
-
-
-def plan_workers(models: dict[str, Any], cells_per_model: dict[str, int], resources: dict[str, float]) -> dict[str, int]:
-    """Workers per model: GPU models share the cluster's GPUs in proportion to their cells (at
-    least one worker each, never more workers than cells); CPU models share the CPUs, one kept
-    free for the driver. Workers beyond the free resources wait; an idle worker is released."""
-    plan: dict[str, int] = {}
-    for kind in ("gpu", "cpu"):
-        names = [n for n, m in models.items() if (m.gpus > 0) == (kind == "gpu")]
-        if not names:
-            continue
-        if kind == "gpu":
-            need = {n: models[n].gpus for n in names}
-            capacity = resources.get("GPU", 0)
-            if capacity < max(need.values()):
-                raise ResourceError(f"the cluster has {capacity:g} GPUs; a worker needs {max(need.values()):g} "
-                                    "(models with gpus > 0); add GPU nodes, or set gpus: 0 to run on CPUs")
-        else:
-            need = {n: 1.0 for n in names}
-            capacity = max(1.0, resources.get("CPU", 1) - 1)
-        total_cells = sum(cells_per_model[n] for n in names)
-        for n in names:
-            share = capacity * cells_per_model[n] / total_cells
-            plan[n] = max(1, min(cells_per_model[n], int(share // need[n])))
-    return plan
+    remote: str | None = None  # the results in object storage (``results`` is then the local staging copy)
 
 
 def run_sweep(
@@ -112,13 +81,17 @@ def run_sweep(
         raise ValueError(f"executor must be one of {', '.join(EXECUTORS)}, got {executor!r}")
     if executor == "local" and address:
         raise ValueError("a cluster address needs the ray executor")
-    out = Path(out_dir)
     cells = expand(spec)
     if cells:  # benchmark data that cannot be read stops the sweep here, before anything starts
         check_sources(cells[0].evaluation)
-    store = ResultStore(out)
+    mirror = RemoteFolder(str(out_dir)) if is_uri(out_dir) else None
+    out = mirror.local if mirror else Path(out_dir)
+    store = ResultStore(out, mirror)
     with store.locked():
+        if mirror is not None:
+            mirror.pull()  # a rerun resumes from what the URI holds, wherever it runs
         summary = SweepSummary(out, out / "results.parquet", total=len(cells), skipped=0)
+        summary.remote = f"{str(out_dir).rstrip('/')}/results.parquet" if mirror else None
         summary.notes = store.claim(spec.name, spec.model_dump(), [c.id for c in cells], add=add)
         if not resume:
             summary.superseded = store.supersede([c.id for c in cells])
@@ -187,7 +160,8 @@ def _run(spec, cells, todo, store, summary, address, node_ip_address, executor, 
     t0 = time.time()
     try:
         if executor == "ray":
-            _drive(spec, todo, store, logger, summary, progress, stop_after, on_row, on_reference)
+            _drive_ray(spec, todo, store, logger, summary, progress, stop_after, on_row, on_reference,
+                       autoscaling=not started_ray)
         else:
             _drive_local(spec, todo, store, logger, summary, progress, stop_after, on_row)
     except KeyboardInterrupt:
@@ -208,119 +182,6 @@ def _run(spec, cells, todo, store, summary, address, node_ip_address, executor, 
                                  f"the finished cells are in {store.cells}")
 
 
-def _failed(ref: Any) -> bool:
-    """True when ``ref`` is finished and holds an error (e.g. its worker died computing it)."""
-    ready, _ = ray.wait([ref], timeout=0)
-    if not ready:
-        return False
-    try:
-        ray.get(ref, timeout=0)
-    except Exception:
-        return True
-    return False
-
-
-def _drive(spec, todo, store, logger, summary, progress, stop_after, on_row, on_reference=None) -> None:
-    if not todo:
-        return
-    by_model: dict[str, list[Cell]] = collections.defaultdict(list)
-    for cell in todo:
-        by_model[cell.model.name].append(cell)
-    models = {c.model.name: c.model for c in todo}
-    queues = {name: collections.deque(cells) for name, cells in by_model.items()}
-    retries = spec.measurement.max_retries
-    actors: dict[Any, str] = {}
-    plan = plan_workers(models, {n: len(c) for n, c in by_model.items()}, ray.cluster_resources())
-    for name, count in plan.items():
-        model = models[name]
-        for _ in range(count):
-            actor = ModelWorker.options(num_gpus=model.gpus, num_cpus=1, max_restarts=retries + 1,
-                                        max_task_retries=0).remote(model)
-            actors[actor] = name
-    references: dict[tuple, Any] = {}
-    attempts: dict[str, int] = collections.Counter()
-    unavailable: dict[str, int] = collections.Counter()
-    lost: dict[tuple, int] = collections.Counter()  # references recomputed after their worker died
-    in_flight: dict[Any, tuple[Any, Cell]] = {}
-    finished = 0
-    bar = _Progress(len(todo), progress)
-
-    released: set[Any] = set()
-
-    def release(actor) -> None:
-        """Let the worker clean up (its temporary files), then stop it."""
-        if actor in released:
-            return
-        released.add(actor)
-        try:
-            ray.get(actor.close.remote(), timeout=30)
-        except Exception:  # already dead or stuck: nothing more to ask of it
-            pass
-        ray.kill(actor)
-
-    def submit(actor) -> bool:
-        queue = queues[actors[actor]]
-        if not queue:
-            return False
-        cell = queue.popleft()
-        key = cell.reference_key
-        if key not in references:
-            references[key] = actor.reference.remote(cell.reference_input, spec.measurement.max_new_tokens,
-                                                      cell.evaluation)
-            if on_reference:
-                on_reference(actor)
-        attempts[cell.id] += 1
-        in_flight[actor.run.remote(cell, references[key], attempts[cell.id])] = (actor, cell)
-        return True
-
-    for actor in list(actors):
-        submit(actor)
-    while in_flight:
-        ready, _ = ray.wait(list(in_flight), num_returns=1)
-        future = ready[0]
-        actor, cell = in_flight.pop(future)
-        try:
-            row = ray.get(future)
-        except (ActorUnavailableError, RayActorError, RayTaskError) as err:
-            key = cell.reference_key
-            if key in references and lost[key] <= retries and _failed(references[key]):
-                # the reference died with its worker: every cell handed it would fail, so compute
-                # it again (on the restarted worker); this does not count against the cell
-                lost[key] += 1
-                del references[key]
-                attempts[cell.id] -= 1
-                queues[actors[actor]].appendleft(cell)
-                submit(actor)
-                continue
-            if isinstance(err, ActorUnavailableError):
-                # the worker is restarting (after a crash): not the cell's fault, try again shortly
-                unavailable[cell.id] += 1
-                if unavailable[cell.id] > 600:
-                    raise RuntimeError(f"worker for {cell.model.name} did not come back within 5 minutes") from None
-                attempts[cell.id] -= 1
-                time.sleep(0.5)
-                queues[actors[actor]].appendleft(cell)
-                submit(actor)
-                continue
-            if attempts[cell.id] <= retries:
-                queues[actors[actor]].appendleft(cell)  # the restarted actor takes it again
-                submit(actor)
-                continue
-            row = {**base_row(cell), "status": "failed", "attempts": attempts[cell.id],
-                   "error": f"worker died {attempts[cell.id]} times: {type(err).__name__}: {str(err)[:500]}"}
-        _record(cell, row, store, logger, summary, bar)
-        finished += 1
-        if stop_after is not None and finished >= stop_after:
-            break
-        if not submit(actor) and not any(a is actor for a, _ in in_flight.values()):
-            release(actor)  # its model has no cells left: free its GPU for waiting workers
-        if on_row:
-            on_row({**row, "_actor": actor})
-    bar.close()
-    for actor in actors:
-        release(actor)
-
-
 def _record(cell: Cell, row: dict[str, Any], store: ResultStore, logger: CellLogger, summary: SweepSummary,
             bar: _Progress) -> None:
     """A finished row: to the store (answers first), to W&B, into the summary and progress."""
@@ -337,6 +198,17 @@ def _record(cell: Cell, row: dict[str, Any], store: ResultStore, logger: CellLog
     if row.get("worker_id"):
         summary.loads_per_worker[row["worker_id"]] = int(row.get("worker_loads") or 0)
     bar.update(summary)
+
+
+def _drive_ray(spec, todo, store, logger, summary, progress, stop_after, on_row, on_reference, autoscaling) -> None:
+    if not todo:
+        return
+    bar = _Progress(len(todo), progress)
+    try:
+        RayDriver(spec, todo, lambda cell, row: _record(cell, row, store, logger, summary, bar), bar.note,
+                  autoscaling=autoscaling, stop_after=stop_after, on_row=on_row, on_reference=on_reference).run()
+    finally:
+        bar.close()
 
 
 def _drive_local(spec, todo, store, logger, summary, progress, stop_after, on_row) -> None:
@@ -364,6 +236,13 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_postfix(done=summary.ok, failed=summary.failed)
             self.bar.update(1)
+
+    def note(self, message: str) -> None:
+        """A status line that does not break the progress bar (stderr without one)."""
+        if self.bar is not None:
+            self.bar.write(message)
+        else:
+            print(message, file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:

@@ -168,6 +168,14 @@ class Evaluation(_Strict):
     max_new_tokens: int = Field(16, ge=1, description="answer length limit")
 
 
+class Cluster(_Strict):
+    """How a sweep that joins a cluster (``--address``) gets its GPUs (docs/sweep.md)."""
+
+    request_gpus: float | None = Field(None, ge=0, description="GPUs to ask an autoscaling cluster for at the start "
+                                                                "(default: enough for one worker per GPU model)")
+    wait_s: float = Field(1800.0, ge=0, description="how long to wait for the GPUs one worker needs before giving up")
+
+
 class SweepSpec(_Strict):
     name: str
     output_dir: str = "results"
@@ -177,6 +185,7 @@ class SweepSpec(_Strict):
     measurement: Measurement = Measurement()
     evaluation: Evaluation | None = None
     tracking: Tracking = Tracking()
+    cluster: Cluster = Cluster()
 
 
 class ProfileError(ValueError):
@@ -195,6 +204,31 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 raise yaml.constructor.ConstructorError(None, None, f"key {key!r} given twice", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+def project_root() -> Path | None:
+    """The checkout this package runs from (a cluster's file mount), when it has ``profiles/``."""
+    root = Path(__file__).resolve().parents[2]
+    return root if (root / "profiles").is_dir() else None
+
+
+def find_profile(name: str | Path) -> Path:
+    """A profile wherever a sweep runs: as given (relative to the working directory), relative
+    to the project checkout (``ray submit`` runs from the head's home directory), or a bare name
+    of a shipped profile (``qwen2-vl-7b`` -> ``profiles/qwen2-vl-7b.yaml``)."""
+    given = Path(name).expanduser()
+    places = [given if given.is_absolute() else Path.cwd() / given]
+    root = project_root()
+    if root is not None and not given.is_absolute():
+        places.append(root / given)
+        if len(given.parts) == 1 and given.suffix == "":
+            places += [root / "profiles" / f"{given}.yaml", root / "profiles" / f"{given}.yml"]
+    for place in places:
+        if place.is_file():
+            return place
+    if len(places) == 1:
+        return places[0]  # load_spec says what is wrong with it
+    raise ProfileError(f"{name}: no such profile file; looked for " + ", ".join(str(p) for p in dict.fromkeys(places)))
 
 
 def load_spec(path: str | Path) -> SweepSpec:

@@ -52,16 +52,20 @@ class Coverage:
 
 
 def fingerprint(profile: dict[str, Any]) -> str:
-    """What identifies a profile's results: everything but where they go and how they are logged."""
-    data = {k: v for k, v in profile.items() if k not in ("output_dir", "tracking")}
+    """What identifies a profile's results: everything but where they go, how they are logged and
+    how the cluster is asked for GPUs."""
+    data = {k: v for k, v in profile.items() if k not in ("output_dir", "tracking", "cluster")}
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 class ResultStore:
-    def __init__(self, out_dir: str | Path) -> None:
+    """An output folder. With ``mirror`` (a ``RemoteFolder``: ``--out`` in object storage) every
+    cell and record written here is put up there as well, as one whole object."""
+
+    def __init__(self, out_dir: str | Path, mirror: Any = None) -> None:
         self.root = Path(out_dir)
         self.cells = self.root / "cells"
-        self._lock: Any = None
+        self.mirror = mirror
 
     def _path(self, cell_id: str) -> Path:
         return self.cells / f"{cell_id}.parquet"
@@ -167,6 +171,8 @@ class ResultStore:
         self.cells.mkdir(parents=True, exist_ok=True)
         frame = pd.DataFrame([row])
         _atomic(self._path(row["cell_id"]), lambda p: frame.to_parquet(p, index=False))
+        if self.mirror is not None:
+            self.mirror.put_cell(row["cell_id"])
 
     def _read(self, path: Path, columns: list[str] | None = None) -> pd.DataFrame | None:
         """A cell file, or None after moving an unreadable one aside (its cell is then measured again)."""
@@ -244,11 +250,15 @@ class ResultStore:
         path = self.root / "results.parquet"
         table = self.table()
         _atomic(path, lambda p: table.to_parquet(p, index=False))
+        if self.mirror is not None:
+            self.mirror.put_records()
         return path
 
     def write_json(self, name: str, data: Any) -> None:
         text = json.dumps(data, indent=2, default=str)
         _atomic(self.root / name, lambda p: Path(p).write_text(text))
+        if self.mirror is not None:
+            self.mirror.put(name)
 
 
 def _umask() -> int:
