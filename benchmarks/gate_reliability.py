@@ -77,8 +77,9 @@ def run_gate(profile: str, baseline: str, pythonpath: Path | None, scratch: Path
                            str(ROOT / baseline), "--json", str(report)], cwd=pythonpath or ROOT, env=env,
                           capture_output=True, text=True)
     named = []
-    if report.exists():
-        named = [d["key"] for d in json.loads(report.read_text())["regressions"]]
+    if report.exists():  # each regression with its change against the baseline
+        named = [f"{d['key']} ({d['current'] / d['baseline'] - 1:+.1%})" if d["baseline"] else d["key"]
+                 for d in json.loads(report.read_text())["regressions"]]
     return {"exit": done.returncode, "wall_s": round(time.time() - started, 1), "regressions": named,
             "tail": done.stdout[-600:] if done.returncode not in (0, 1) else ""}
 
