@@ -12,7 +12,8 @@ overhead this way). Counts come from valgrind's callgrind in a child process, on
    run of it (``torch._C._valgrind_toggle`` around the statement) and dumps the counters;
 3. the parent reads the dumps' totals.
 
-Counts of the same statement agree to about 0.2 % between runs, whatever load the machine has;
+Counts of the same statement agree to about 0.2 % within a process and 1 % between runs, whatever
+load the machine has;
 they depend on the CPU's instruction set and the library versions, so compare counts (or their
 ratios) made on the same kind of machine. Needs ``valgrind`` and ``callgrind_control`` on PATH.
 """
