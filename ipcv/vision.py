@@ -105,16 +105,16 @@ class _ForwardState:
         self.plan: _PrunePlan | None = None
 
 
-class VisionPatch:
-    """IPCV installed on one vision tower instance; ``remove()`` restores it exactly.
+class PatchBase:
+    """What every vision patch does, whatever its token layout: hooks on the tower (a fresh
+    per-call state, statistics published when the call ends) and on the multimodal container (the
+    prompts, to tell a batch's requests apart), block ``forward`` wrappers, and exact undo.
 
-    The state of a call lives per thread, so the patched tower may be called from several
-    threads at once; ``last_stats`` is that of the last call to finish, in any thread.
-
-    A batch of requests reaches the tower as one call holding every request's images. Given the
-    multimodal ``container`` (it sees the prompts), the patch tells the requests apart, and the
-    "global" budget and neighbour scope mean all images of one request: a request is compressed
-    as it would be alone, whatever else is in the batch."""
+    The state of a call lives per thread, so the patched tower may be called from several threads
+    at once; ``last_stats`` is that of the last call to finish, in any thread. A batch of requests
+    reaches the tower as one call holding every request's images; given the ``container`` the
+    patch tells the requests apart, and "global" (budget, neighbour scope) means one request's
+    images: a request is compressed as it would be alone, whatever else is in the batch."""
 
     _state = PerThread()
     _prompt = PerThread()  # input_ids of the container call in progress
@@ -155,12 +155,18 @@ class VisionPatch:
         self._prompt = None
 
     def _open(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        frames = self.family.frame_layout(args, kwargs)
+        frames = self.family.frame_layout(module, args, kwargs)
         rows = None
         if self._prompt is not None and self._prompt.shape[0] > 1:
             rows = self.family.item_rows(self.container.config, self._prompt, frames)
         self.last_stats = None
-        self._state = _ForwardState(frames, OverheadTimer(self.time_overhead), rows)
+        self._state = self._new_state(frames, OverheadTimer(self.time_overhead), rows)
+
+    def _new_state(self, frames: FrameLayout, timer: OverheadTimer, rows: list[int] | None) -> Any:
+        raise NotImplementedError
+
+    def _make_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
+        raise NotImplementedError
 
     def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
         state, self._state = self._state, None
@@ -169,6 +175,23 @@ class VisionPatch:
         state.stats.overhead_ms = state.timer.result()
         state.stats.complete = state.plan is not None
         self.last_stats = state.stats
+
+    # -- undo -----------------------------------------------------------------------------
+    def remove(self) -> None:
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks = []
+        self._forwards.restore()
+        self._state = None
+        self.tower.__dict__.pop("_ipcv_vision_patch", None)
+
+
+class VisionPatch(PatchBase):
+    """IPCV on a tower that holds all images as one packed sequence with ``cu_seqlens``
+    boundaries (Qwen-VL)."""
+
+    def _new_state(self, frames: FrameLayout, timer: OverheadTimer, rows: list[int] | None) -> _ForwardState:
+        return _ForwardState(frames, timer, rows)
 
     # -- blocks ---------------------------------------------------------------------------
     def _make_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
@@ -243,13 +266,3 @@ class VisionPatch:
         state.stats.tokens_kept = torch.bincount(segments[kept], minlength=len(state.stats.tokens_in)).tolist()
         state.stats.kept_index = kept
         return _PrunePlan(kept, removed, reconstruct)
-
-    # -- undo -----------------------------------------------------------------------------
-    def remove(self) -> None:
-        for hook in self._hooks:
-            hook.remove()
-        self._hooks = []
-        self._forwards.restore()
-        self._state = None
-        self.tower.__dict__.pop("_ipcv_vision_patch", None)
-

@@ -46,6 +46,7 @@ class VisionFamily:
     tower_classes: tuple[str, ...] = ()
     model_classes: tuple[str, ...] = ()
     tower_paths: tuple[str, ...] = ()  # attribute paths from a whole model to its vision tower
+    layout: str = "packed"  # "packed": one sequence with cu_seqlens (vision.py); "tiled": tiles as batch rows
     block_parts: tuple[str, ...] = ()  # attributes every vision block must have
 
     # -- where things are -------------------------------------------------------------------
@@ -96,12 +97,15 @@ class VisionFamily:
             f"not {type(model).__name__}"
         )
 
+    def check_model(self, model: nn.Module) -> None:
+        """Refuse a model whose configuration the patch cannot serve (before anything is patched)."""
+
     def lm_head(self, model: nn.Module) -> nn.Module | None:
         head = getattr(model, "lm_head", None)
         return head if isinstance(head, nn.Module) else None
 
     # -- one call of the tower ----------------------------------------------------------------
-    def frame_layout(self, args: tuple, kwargs: dict) -> FrameLayout:
+    def frame_layout(self, tower: nn.Module, args: tuple, kwargs: dict) -> FrameLayout:
         """Images / frames of a tower call, from the arguments the tower was called with."""
         raise NotImplementedError
 

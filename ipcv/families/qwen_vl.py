@@ -29,7 +29,7 @@ class QwenVLFamily(VisionFamily):
     def _block_list(self, tower: nn.Module) -> Any:
         return getattr(tower, "blocks", None)
 
-    def frame_layout(self, args: tuple, kwargs: dict) -> FrameLayout:
+    def frame_layout(self, tower: nn.Module, args: tuple, kwargs: dict) -> FrameLayout:
         grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
         if grid_thw is None:
             raise ValueError("IPCV needs grid_thw in the call of the vision tower")
