@@ -17,7 +17,6 @@ import ray
 
 from pipeline.sweep.grid import expand
 from pipeline.sweep.spec import load_spec
-from tests.ray_heads import local_head
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray

@@ -160,9 +160,13 @@ def test_the_local_executor_writes_the_rows_ray_writes(cluster, tmp_path):
     assert local.ok == len(expand(spec))
     # every cell ran in this process (no actor), each model loaded once
     assert set(table.worker_id) == {f"{socket.gethostname()}:{os.getpid()}"} and (table.worker_loads == 1).all()
-    a = on_ray.set_index("cell_id").sort_index()[DETERMINISTIC + ["setting", "input"]]
-    b = table.set_index("cell_id").sort_index()[DETERMINISTIC + ["setting", "input"]]
-    pd.testing.assert_frame_equal(a, b)
+    a = on_ray.set_index("cell_id").sort_index()
+    b = table.set_index("cell_id").sort_index()
+    exact = [c for c in DETERMINISTIC if c != "fidelity_first_token_kl"] + ["setting", "input"]
+    pd.testing.assert_frame_equal(a[exact], b[exact], check_exact=True)
+    # a Ray actor's torch runs on the threads its CPUs give it, this process on every core: float
+    # reductions in another order move the KL in its fifth digit, nothing more
+    pd.testing.assert_series_equal(a.fidelity_first_token_kl, b.fidelity_first_token_kl, rtol=1e-3, atol=1e-9)
 
 
 def test_a_worker_killed_while_computing_a_reference_loses_nothing(cluster, tmp_path):
