@@ -17,6 +17,7 @@ import ray
 
 from pipeline.sweep.grid import expand
 from pipeline.sweep.spec import load_spec
+from tests.ray_heads import local_head
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.ray
@@ -91,9 +92,11 @@ def test_a_local_sweep_listens_on_the_loopback_address_only(tmp_path):
 import json, psutil
 from pipeline.sweep.driver import run_sweep
 from pipeline.sweep.spec import load_spec
-from tests.ray_heads import local_head
-def listening():
-    return {{(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}}
+def listening():  # sockets of this process and its descendants (the machine may run other Rays)
+    me = psutil.Process()
+    ours = {{me.pid, *(p.pid for p in me.children(recursive=True))}}
+    return {{(c.laddr.ip, c.laddr.port) for c in psutil.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.pid in ours}}
 before = listening()
 seen = set()
 run_sweep(load_spec({str(ROOT / "profiles" / "tiny-test.yaml")!r}), {str(tmp_path / "out")!r}, progress=False,

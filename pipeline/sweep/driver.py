@@ -22,6 +22,7 @@ from typing import Any
 
 import ray
 import torch
+from ray._private import ray_constants
 
 from pipeline.evaluation import check_sources
 from pipeline.sweep.executor import run_inline
@@ -142,17 +143,36 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and value != value)
 
 
+def _init_loopback_ray() -> None:
+    """A local Ray whose every server listens on 127.0.0.1 only.
+
+    Ray's single-machine mode does that (without it Ray registers the node on the machine's
+    outward address and its servers listen on every interface, whatever ``_node_ip_address``
+    says). Ray reads the switch, ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0``, when it is imported, so
+    setting the variable before ``ray.init`` reaches only the processes Ray starts: this process's
+    copy is set too, for the start, then both are put back, so a later ``ray.init(address=...)``
+    in the same process still reaches a real cluster. A user's own setting of the variable wins."""
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    if name in os.environ:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+        return
+    before = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name], ray_constants.ENABLE_RAY_CLUSTER = "0", False
+    try:
+        ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+    finally:
+        del os.environ[name]
+        ray_constants.ENABLE_RAY_CLUSTER = before
+
+
 def _run(spec, cells, todo, store, summary, address, node_ip_address, executor, progress, stop_after, on_row,
          on_reference, logger):
     started_ray = False
     if executor == "ray" and not ray.is_initialized():
         if address:
             ray.init(address=address, _node_ip_address=node_ip_address, log_to_driver=False)
-        else:  # a local Ray on the loopback address only
-            # Ray's single-machine mode: without it Ray registers the node on the machine's outward
-            # address and its servers listen on every interface, whatever _node_ip_address says
-            os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-            ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
+        else:
+            _init_loopback_ray()
         started_ray = True
     earlier = log_missing_runs(spec, cells, store, logger)
     if earlier:
