@@ -9,6 +9,12 @@ forced to PyTorch's FlashAttention backend), ``flash_attention_2`` (needs the fl
 package; recorded as unavailable where it is missing).
 
     python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa,sdpa-flash
+    python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa --resolutions 448,896,1344 --videos 16x448
+
+``--videos FxS``: a video of F frames at S² (Qwen-VL pairs frames into temporal patches: F/2
+grid steps of (S/14)² patches, one attention segment each). ``--float32-neighbour-search`` runs
+the neighbour search of half-precision features through float32 ``cdist`` as before issue 17 (an
+ablation: that lever's share of a change).
     python benchmarks/vision_encoder.py --device cpu --size small --resolutions 224,448 --repeats 3
 """
 
@@ -22,6 +28,7 @@ import common
 import torch
 
 import ipcv
+from ipcv import algorithm as alg
 from pipeline.measure.timing import provenance, time_call
 from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
 from pipeline.models import parse_dtype
@@ -38,16 +45,27 @@ def peak_memory_mib(fn, device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**20
 
 
-def bench_one(tower, res: int, cfg: ipcv.IPCVConfig, attn: str, device, dtype, warmup: int, repeats: int) -> dict:
-    side = res // PATCH
-    inp = random_patches([(1, side, side)], seed=res).to(device, dtype)
+def parse_inputs(resolutions: str, videos: str) -> list[tuple[str, tuple[int, int, int]]]:
+    """``(label, grid_thw)`` of every input: images ``S``, videos ``FxS`` (F even)."""
+    inputs = [(f"{int(r)}²", (1, int(r) // PATCH, int(r) // PATCH)) for r in resolutions.split(",") if r]
+    for video in filter(None, videos.split(",")):
+        frames, side = (int(v) for v in video.lower().split("x"))
+        if frames % 2 or side % (2 * PATCH):
+            raise SystemExit(f"--videos {video}: frames must be even and the side a multiple of {2 * PATCH}")
+        inputs.append((f"{frames}f×{side}²", (frames // 2, side // PATCH, side // PATCH)))
+    return inputs
+
+
+def bench_one(tower, label: str, grid: tuple[int, int, int], cfg: ipcv.IPCVConfig, attn: str, device, dtype,
+              warmup: int, repeats: int) -> dict:
+    inp = random_patches([grid], seed=grid[0] * 10_000 + grid[1]).to(device, dtype)
     dims = vision_dims(tower)
 
     def forward():
         with torch.inference_mode():
             return common.encode(tower, inp)
 
-    row: dict = {"resolution": res, "tokens": side * side, "attn": attn}
+    row: dict = {"input": label, "grid_thw": list(grid), "tokens": grid[0] * grid[1] * grid[2], "attn": attn}
     with common.attention_context(attn):
         with record_vision_layout(tower) as layout:
             forward()
@@ -88,19 +106,19 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"clock {rows[0]['base']['clock'] if rows and 'base' in rows[0] else '-'}; "
         f"latency median [p10, p90] over {meta['repeats']} repeats after {meta['warmup']} warm-up",
         "",
-        "| res | attn | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs | IPCV GFLOPs | FLOPs saved "
+        "| input | attn | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs | IPCV GFLOPs | FLOPs saved "
         "| peak MiB base / IPCV | IPCV overhead (sel / nbr / restore ms) | overhead share |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['resolution']} | {r['attn']} | {r.get('tokens', '-')} | unavailable: {r['error']} |")
+            lines.append(f"| {r['input']} | {r['attn']} | {r.get('tokens', '-')} | unavailable: {r['error']} |")
             continue
         b, i = r["base"], r["ipcv"]
         o = r["overhead_ms"]
         mem = "n/m" if r["mem_base_mib"] is None else f"{r['mem_base_mib']:.0f} / {r['mem_ipcv_mib']:.0f}"
         lines.append(
-            f"| {r['resolution']}² | {r['attn']} | {r['tokens']} | {r['kept']} "
+            f"| {r['input']} | {r['attn']} | {r['tokens']} | {r['kept']} "
             f"| {b['median_ms']:.2f} [{b['p10_ms']:.2f}, {b['p90_ms']:.2f}] "
             f"| {i['median_ms']:.2f} [{i['p10_ms']:.2f}, {i['p90_ms']:.2f}] "
             f"| {b['median_ms'] / i['median_ms']:.2f}x | {r['flops_base'] / 1e9:.1f} | {r['flops_ipcv'] / 1e9:.1f} "
@@ -119,33 +137,39 @@ def main() -> None:
     parser.add_argument("--reduction-ratio", type=float, default=0.65)
     parser.add_argument("--as-layers", type=int, default=7)
     parser.add_argument("--neighbors", type=int, default=10)
+    parser.add_argument("--videos", default="", help="comma list of FRAMESxSIDE videos, e.g. 16x448")
+    parser.add_argument("--float32-neighbour-search", action="store_true",
+                        help="ablation: search neighbours of bf16/fp16 features with float32 cdist")
     args = parser.parse_args()
+    if args.float32_neighbour_search:
+        search = alg.find_neighbors
+        alg.find_neighbors = lambda removed, kept, *rest: search(removed.float(), kept.float(), *rest)
 
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
     cfg = ipcv.IPCVConfig(
         prune_layer=args.prune_layer, reduction_ratio=args.reduction_ratio,
         as_layers=args.as_layers, neighbors=args.neighbors,
     )
-    resolutions = [int(r) for r in args.resolutions.split(",")]
+    inputs = parse_inputs(args.resolutions, args.videos)
     rows = []
     for attn in args.attn.split(","):
         try:
             tower = common.build(args.size, args.dtype, device, attn, tower_only=True)
         except Exception as err:  # e.g. flash_attention_2 without the flash-attn package
-            rows += [{"resolution": r, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]} for r in resolutions]
+            rows += [{"input": label, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]} for label, _ in inputs]
             continue
-        for res in resolutions:
+        for label, grid in inputs:
             try:
-                row = bench_one(tower, res, cfg, attn, device, dtype, args.warmup, args.repeats)
+                row = bench_one(tower, label, grid, cfg, attn, device, dtype, args.warmup, args.repeats)
             except Exception as err:
                 traceback.print_exc()
-                row = {"resolution": res, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]}
+                row = {"input": label, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]}
             rows.append(row)
             print(json.dumps(row), flush=True)
         del tower
     meta = {
         "size": args.size, "size_config": common.FAMILY.size_spec(args.size)["vision"],
-        "dtype": args.dtype, "ipcv": cfg.to_dict(),
+        "dtype": args.dtype, "ipcv": cfg.to_dict(), "float32_neighbour_search": args.float32_neighbour_search,
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
         "command": common.command_line(),
     }

@@ -8,13 +8,12 @@ kept indices are always sorted, so kept tokens stay in their original order.
 
 from __future__ import annotations
 
+import itertools
 import math
 from fractions import Fraction
 
 import torch
 import torch.nn.functional as F
-
-from ipcv.config import Budget
 
 # Rows of the removed x kept distance matrix computed at once: bounds the transient memory of the
 # neighbour search (rows x kept x 4 bytes) for long videos at high resolution.
@@ -45,37 +44,51 @@ def token_scores(h_before: torch.Tensor, h_after: torch.Tensor) -> torch.Tensor:
     return (h_after.float() - h_before.float()).norm(dim=-1)
 
 
-def random_scores(n_tokens: int, seed: int, device: torch.device) -> torch.Tensor:
-    """Scores for the random-selection control: reproducible for a seed, independent of device."""
+def random_scores(n_tokens: int, seed: int) -> torch.Tensor:
+    """Scores for the random-selection control, on the host: reproducible for a seed,
+    independent of device (move them with ``to_device``)."""
     generator = torch.Generator().manual_seed(seed)
-    return torch.rand(n_tokens, generator=generator).to(device)
+    return torch.rand(n_tokens, generator=generator)
 
 
-def select_tokens(
-    scores: torch.Tensor, cu: torch.Tensor, reduction_ratio: float, budget: Budget
-) -> torch.Tensor:
-    """Sorted indices of the tokens to keep: the highest scores, over the request or per segment."""
-    n_tokens = int(scores.shape[0])  # a plain int also under tracing (fvcore)
-    if budget == "global":
-        keep = kept_count(n_tokens, reduction_ratio)
-        kept = torch.topk(scores, keep, sorted=False).indices
-        return torch.sort(kept).values
-    parts = []
-    bounds = cu.tolist()
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        keep = kept_count(end - start, reduction_ratio)
-        top = torch.topk(scores[start:end], keep, sorted=False).indices
-        parts.append(torch.sort(top).values + start)
-    if not parts:
-        return torch.empty(0, dtype=torch.long, device=scores.device)
-    return torch.cat(parts)
+def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host tensor on ``device`` without waiting for the device.
+
+    A plain ``.to("cuda")`` of a host tensor synchronises the stream (it copies from pageable
+    memory); from pinned memory with ``non_blocking`` the copy is queued like any kernel, and the
+    caching host allocator keeps the pinned block alive until the copy has run."""
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
 
 
-def complement(kept: torch.Tensor, n_tokens: int) -> torch.Tensor:
-    """Sorted indices in ``range(n_tokens)`` that are not in ``kept``."""
-    mask = torch.ones(n_tokens, dtype=torch.bool, device=kept.device)
-    mask[kept] = False
-    return mask.nonzero(as_tuple=True)[0]
+def select_and_split(
+    scores: torch.Tensor, sizes: list[int], keeps: list[int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Kept and removed positions (each sorted) for the top ``keeps[i]`` scores of each segment.
+
+    Segments are consecutive runs of ``sizes[i]`` tokens (one image/frame, or one request for the
+    global budget). Counts are host integers, so nothing waits for the device: segments of one
+    size take one batched top-k, and one stable sort of the keep mask puts the kept positions,
+    in order, before the removed ones, in order (no ``nonzero``, whose size the host must read).
+    """
+    n_tokens = int(scores.shape[0])
+    if sum(sizes) != n_tokens or len(sizes) != len(keeps):
+        raise ValueError(f"segments of {sizes} tokens do not cover the {n_tokens} scores")
+    device = scores.device
+    if len(sizes) == 1:
+        top = torch.topk(scores, keeps[0], sorted=False).indices
+    elif len(set(sizes)) == 1 and len(set(keeps)) == 1:
+        rows = torch.topk(scores.view(len(sizes), sizes[0]), keeps[0], dim=1, sorted=False).indices
+        top = (rows + torch.arange(0, n_tokens, sizes[0], device=device)[:, None]).reshape(-1)
+    else:
+        starts = [0, *itertools.accumulate(sizes)][:-1]
+        top = torch.cat([torch.topk(scores[a : a + n], k, sorted=False).indices + a
+                         for a, n, k in zip(starts, sizes, keeps)])
+    drop = torch.ones(n_tokens, dtype=torch.uint8, device=device).index_fill_(0, top, 0)
+    order = torch.argsort(drop, stable=True)
+    n_kept = sum(keeps)
+    return order[:n_kept], order[n_kept:]
 
 
 def find_neighbors(
@@ -91,6 +104,12 @@ def find_neighbors(
     fewer qualifying neighbours averages over those it has; one with none gets all-zero weights,
     so reconstruction leaves it at its own anchor state.
 
+    Float32 features go through ``torch.cdist`` (the published code's search, selection for
+    selection). Half-precision features are ranked by ``||b||^2 - 2 a.b`` (the squared distance
+    less the row's constant ``||a||^2``) from one matrix product with float32 accumulation: the
+    products of bf16/fp16 values are exact in float32, so this is the float32 distance up to the
+    order of the sums, at tensor-core speed instead of float32 ``cdist``'s.
+
     Returns ``(index [R, k'], weight [R, k'])`` with ``k' = min(k, M)``; rows of weight sum to 1
     (or 0 for a token without neighbours).
     """
@@ -102,19 +121,42 @@ def find_neighbors(
             torch.zeros(n_removed, k_eff, dtype=torch.long, device=device),
             torch.zeros(n_removed, k_eff, dtype=torch.float32, device=device),
         )
-    kept32 = kept_feats.float()
+    exact = kept_feats.dtype == torch.float32
+    if exact:
+        kept_side = kept_feats
+    else:
+        kept_side = kept_feats.float().square().sum(dim=1)  # ||b||^2, float32
     indices, weights = [], []
     for start in range(0, n_removed, _DISTANCE_ROW_CHUNK):
-        rows = removed_feats[start : start + _DISTANCE_ROW_CHUNK].float()
-        dist = torch.cdist(rows, kept32)
+        rows = removed_feats[start : start + _DISTANCE_ROW_CHUNK]
+        if exact:
+            dist = torch.cdist(rows, kept_side)
+        else:
+            dist = torch.add(kept_side, _dot_float32(rows, kept_feats), alpha=-2.0)
         if removed_segments is not None and kept_segments is not None:
             other = removed_segments[start : start + rows.shape[0], None] != kept_segments[None, :]
             dist = dist.masked_fill(other, math.inf)
         values, index = torch.topk(dist, k_eff, dim=1, largest=False)
-        valid = torch.isfinite(values).float()
-        weights.append(valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0))
         indices.append(index)
-    return torch.cat(indices), torch.cat(weights)
+        if removed_segments is None:
+            weights.append(None)
+        else:
+            valid = torch.isfinite(values).float()
+            weights.append(valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0))
+    index = indices[0] if len(indices) == 1 else torch.cat(indices)
+    if removed_segments is None:  # every removed token has k' neighbours
+        return index, torch.full((n_removed, k_eff), 1.0 / k_eff, dtype=torch.float32, device=device)
+    return index, (weights[0] if len(weights) == 1 else torch.cat(weights))
+
+
+def _dot_float32(rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """``rows @ kept.T`` with float32 accumulation and output, for half-precision inputs."""
+    if rows.device.type == "cuda":
+        try:
+            return torch.mm(rows, kept.T, out_dtype=torch.float32)
+        except (RuntimeError, TypeError):  # a torch without mm's out_dtype
+            pass
+    return rows.float() @ kept.float().T
 
 
 class Reconstruction:
@@ -139,17 +181,20 @@ class Reconstruction:
         self.offset = removed_anchor.float()
         self.index: torch.Tensor | None = None
         if neighbor_index is not None and neighbor_index.shape[1] > 0 and removed_anchor.shape[0] > 0:
-            self.index = neighbor_index
-            self.weight = neighbor_weight.float()
+            # one flat bag per removed token: the 2-D form would build these offsets on every call
+            n_removed, width = neighbor_index.shape
+            self.index = neighbor_index.reshape(-1)
+            self.bags = torch.arange(0, n_removed * width, width, device=neighbor_index.device)
+            self.weight = neighbor_weight.float().reshape(-1)
             self.offset = self.offset - self._weighted_sum(kept_anchor)
 
     def _weighted_sum(self, kept: torch.Tensor) -> torch.Tensor:
-        return F.embedding_bag(self.index, kept.float(), per_sample_weights=self.weight, mode="sum")
+        return F.embedding_bag(self.index, kept.float(), self.bags, per_sample_weights=self.weight, mode="sum")
 
     def __call__(self, kept_now: torch.Tensor) -> torch.Tensor:
         if self.index is None:
             return self.offset.to(kept_now.dtype)
-        return (self.offset + self._weighted_sum(kept_now)).to(kept_now.dtype)
+        return self._weighted_sum(kept_now).add_(self.offset).to(kept_now.dtype)
 
 
 def scatter_full(
@@ -158,12 +203,11 @@ def scatter_full(
     kept: torch.Tensor,
     removed: torch.Tensor,
 ) -> torch.Tensor:
-    """The full sequence in original order from its kept and removed parts."""
+    """The full sequence in original order from its kept and removed parts (of one dtype)."""
     n_tokens = kept.shape[0] + removed.shape[0]
     full = kept_states.new_empty((n_tokens, *kept_states.shape[1:]))
-    full[kept] = kept_states
-    full[removed] = removed_states.to(kept_states.dtype)
-    return full
+    full.index_copy_(0, kept, kept_states)
+    return full.index_copy_(0, removed, removed_states)
 
 
 def subset_cu_seqlens(cu: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

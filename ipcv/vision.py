@@ -23,6 +23,7 @@ A forward hook (always called, also on an exception) publishes the statistics an
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -39,43 +40,58 @@ from ipcv.stats import OverheadTimer, VisionStats
 
 @dataclass
 class _PrunePlan:
-    """Which tokens survive block K-1 of this forward and how the removed ones are rebuilt."""
+    """Which tokens survive block K-1 of this forward and how the removed ones are rebuilt.
+
+    ``kept_per_frame``: kept tokens of each frame when the host knows them (every selection
+    segment is one frame: one image, or the per-image budget), else ``None``."""
 
     kept: torch.Tensor
     removed: torch.Tensor
     reconstruct: alg.Reconstruction
-    _cu_cache: list[tuple[torch.Tensor, tuple[torch.Tensor, int]]] = field(default_factory=list)
+    kept_per_frame: list[int] | None = None
+    _cu_cache: list[tuple[torch.Tensor, list]] = field(default_factory=list)
     _rope_cache: list[tuple[Any, Any]] = field(default_factory=list)
 
     def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
         return alg.scatter_full(kept_states, self.reconstruct(kept_states), self.kept, self.removed)
 
-    def kept_cu(self, cu: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """Kept-token boundaries for the tower's ``cu`` and their longest segment (once per ``cu``)."""
-        for source, result in self._cu_cache:
-            if source is cu:
-                return result
-        kept_cu = alg.subset_cu_seqlens(cu, self.kept)
-        longest = int((kept_cu[1:] - kept_cu[:-1]).max()) if kept_cu.numel() > 1 else 0
-        self._cu_cache.append((cu, (kept_cu, longest)))
-        return kept_cu, longest
+    def kept_cu(self, cu: torch.Tensor, need_longest: bool) -> tuple[torch.Tensor, int | None]:
+        """Kept-token boundaries for the tower's ``cu`` and their longest segment (once per ``cu``).
+
+        A ``cu`` with one boundary per frame holds the frames' boundaries (a Qwen2.5-VL window
+        ``cu`` with one window per frame has the same ones), so with kept counts per frame known
+        the host states it without reading the device; otherwise it is computed on the device,
+        and the host waits for it once."""
+        entry = next((e for source, e in self._cu_cache if source is cu), None)
+        if entry is None:
+            if self.kept_per_frame is not None and cu.shape[0] == len(self.kept_per_frame) + 1:
+                bounds = torch.tensor([0, *itertools.accumulate(self.kept_per_frame)], dtype=cu.dtype)
+                entry = [alg.to_device(bounds, cu.device), max(self.kept_per_frame)]
+            else:
+                entry = [alg.subset_cu_seqlens(cu, self.kept), None]
+            self._cu_cache.append((cu, entry))
+        if need_longest and entry[1] is None:
+            kept_cu = entry[0]
+            entry[1] = int((kept_cu[1:] - kept_cu[:-1]).max()) if kept_cu.numel() > 1 else 0
+        return entry[0], entry[1]
 
     def kept_rope(self, rope: Any) -> Any:
         for source, result in self._rope_cache:
             if source is rope:
                 return result
         if isinstance(rope, tuple):
-            result = tuple(t[self.kept] for t in rope)
+            result = tuple(t.index_select(0, self.kept) for t in rope)
         else:
-            result = rope[self.kept]
+            result = rope.index_select(0, self.kept)
         self._rope_cache.append((rope, result))
         return result
 
     def kept_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The tower's keyword arguments for a block, restated for the kept tokens."""
         out = dict(kwargs)
-        out["cu_seqlens"], longest = self.kept_cu(kwargs["cu_seqlens"])
-        if out.get("max_seqlen") is not None:
+        need_longest = out.get("max_seqlen") is not None
+        out["cu_seqlens"], longest = self.kept_cu(kwargs["cu_seqlens"], need_longest)
+        if need_longest:
             out["max_seqlen"] = longest
         for name in ("position_embeddings", "rotary_pos_emb"):
             if out.get(name) is not None:
@@ -84,25 +100,37 @@ class _PrunePlan:
 
 
 class _ForwardState:
-    """Everything one call of the tower needs; discarded when the call ends.
+    """Everything one call of the tower needs; discarded when the call ends. Sizes stay on the
+    host, where they are known from the call (``grid_thw``), so the plan never reads them back.
 
-    ``request_cu``: token boundaries of the requests of a batch (the tower sees all their images
-    at once); ``[0, N]`` for one request or when the requests cannot be told apart."""
+    ``request_sizes``: tokens of each request of a batch (the tower sees all their images at
+    once); one entry for one request or when the requests cannot be told apart."""
 
     def __init__(self, frames: FrameLayout, timer: OverheadTimer, item_rows: list[int] | None = None) -> None:
-        frame_sizes = torch.tensor(frames.tokens_per_frame, dtype=torch.long)
-        self.frame_cu = torch.nn.functional.pad(frame_sizes.cumsum(0), (1, 0))
-        self.request_cu = self.frame_cu[[0, -1]]
+        self.frame_sizes = list(frames.tokens_per_frame)
+        sizes = iter(self.frame_sizes)
+        item_sizes = [sum(next(sizes) for _ in range(n)) for n in frames.frames_per_item]
+        self.request_sizes = [sum(self.frame_sizes)]
         if item_rows is not None and len(set(item_rows)) > 1:
-            item_ends = self.frame_cu[torch.tensor(frames.frames_per_item).cumsum(0)]
-            last_of_row = [i for i in range(len(item_rows)) if i + 1 == len(item_rows) or item_rows[i + 1] != item_rows[i]]
-            self.request_cu = torch.nn.functional.pad(item_ends[last_of_row], (1, 0))
+            self.request_sizes = []
+            for i, (row, size) in enumerate(zip(item_rows, item_sizes)):
+                if i and row == item_rows[i - 1]:
+                    self.request_sizes[-1] += size
+                else:
+                    self.request_sizes.append(size)
         self.stats = VisionStats(
             frames_per_item=list(frames.frames_per_item),
             tokens_in=list(frames.tokens_per_frame),
         )
         self.timer = timer
         self.plan: _PrunePlan | None = None
+        self.pending_kept: torch.Tensor | None = None  # kept per frame, on the device
+
+    def finish(self) -> None:
+        """Read what stayed on the device, once, after the tower's last kernel was queued."""
+        if self.pending_kept is not None:
+            self.stats.tokens_kept = self.pending_kept.tolist()
+            self.pending_kept = None
 
 
 class PatchBase:
@@ -172,6 +200,7 @@ class PatchBase:
         state, self._state = self._state, None
         if state is None or output is None:  # the forward raised: publish nothing
             return
+        state.finish()
         state.stats.overhead_ms = state.timer.result()
         state.stats.complete = state.plan is not None
         self.last_stats = state.stats
@@ -206,7 +235,7 @@ class VisionPatch(PatchBase):
                 out = original(hidden, **kwargs)
                 state.plan = self._plan(state, hidden, out)
                 state.stats.prune_layer = k
-                out = out[state.plan.kept]
+                out = out.index_select(0, state.plan.kept)
             elif index < k + a:
                 with state.timer("restoration", hidden.device):
                     full = state.plan.rebuild(hidden)
@@ -226,29 +255,32 @@ class VisionPatch(PatchBase):
     def _plan(self, state: _ForwardState, h_before: torch.Tensor, h_after: torch.Tensor) -> _PrunePlan:
         cfg = self.config
         n_tokens = int(h_after.shape[0])
-        if int(state.frame_cu[-1]) != n_tokens:
+        if sum(state.frame_sizes) != n_tokens:
             raise ValueError(
-                f"grid_thw describes {int(state.frame_cu[-1])} patches but the vision tower "
+                f"grid_thw describes {sum(state.frame_sizes)} patches but the vision tower "
                 f"holds {n_tokens} tokens"
             )
         device = h_after.device
-        frame_cu = state.frame_cu.to(device)
-        request_cu = state.request_cu.to(device)
-        batch = request_cu.numel() > 2  # several requests: "global" means each request's own images
+        batch = len(state.request_sizes) > 1  # several requests: "global" means each request's own images
+        # selection segments: every frame (per-image budget), else every request
+        select_sizes = state.frame_sizes if cfg.budget == "per_image" else state.request_sizes
+        keeps = [alg.kept_count(n, cfg.reduction_ratio) for n in select_sizes]
+        per_frame = keeps if len(select_sizes) == len(state.frame_sizes) else None
         with state.timer("selection", device):
             if cfg.selection == "random":  # drawn per request, so a request's draw is its own
-                bounds = request_cu.tolist()
-                scores = torch.cat([alg.random_scores(b - a, cfg.seed, device) for a, b in zip(bounds[:-1], bounds[1:])])
+                host = torch.cat([alg.random_scores(n, cfg.seed) for n in state.request_sizes])
+                scores = alg.to_device(host, device)
             else:
                 scores = alg.token_scores(h_before, h_after)
-            if cfg.budget == "global" and batch:
-                kept = alg.select_tokens(scores, request_cu, cfg.reduction_ratio, "per_image")  # per request
-            else:
-                kept = alg.select_tokens(scores, frame_cu, cfg.reduction_ratio, cfg.budget)
-            removed = alg.complement(kept, n_tokens)
-        segments = alg.segment_ids(frame_cu, n_tokens)
-        scope = segments if cfg.neighbor_scope == "same_image" else (alg.segment_ids(request_cu, n_tokens) if batch else None)
-        kept_states, removed_states = h_after[kept], h_after[removed]
+            kept, removed = alg.select_and_split(scores, select_sizes, keeps)
+        frame_cu = scope = None
+        if per_frame is None or cfg.neighbor_scope == "same_image":
+            frame_cu = _bounds(state.frame_sizes, device)
+        if cfg.neighbor_scope == "same_image":
+            scope = alg.segment_ids(frame_cu, n_tokens)
+        elif batch:
+            scope = alg.segment_ids(_bounds(state.request_sizes, device), n_tokens)
+        kept_states, removed_states = h_after.index_select(0, kept), h_after.index_select(0, removed)
         index = weight = None
         with state.timer("neighbors", device):  # neighbour search and the reconstruction matrix
             if cfg.restore == "ngr":
@@ -256,13 +288,21 @@ class VisionPatch(PatchBase):
                     removed_states,
                     kept_states,
                     cfg.neighbors,
-                    scope[removed] if scope is not None else None,
-                    scope[kept] if scope is not None else None,
+                    scope.index_select(0, removed) if scope is not None else None,
+                    scope.index_select(0, kept) if scope is not None else None,
                 )
                 state.stats.neighbor_search_flops = alg.neighbor_search_flops(
                     removed.numel(), kept.numel(), h_after.shape[-1]
                 )
             reconstruct = alg.Reconstruction(kept_states, removed_states, index, weight)
-        state.stats.tokens_kept = torch.bincount(segments[kept], minlength=len(state.stats.tokens_in)).tolist()
+        if per_frame is not None:
+            state.stats.tokens_kept = list(per_frame)
+        else:
+            state.pending_kept = torch.diff(torch.searchsorted(kept, frame_cu))  # kept is sorted
         state.stats.kept_index = kept
-        return _PrunePlan(kept, removed, reconstruct)
+        return _PrunePlan(kept, removed, reconstruct, per_frame)
+
+
+def _bounds(sizes: list[int], device: torch.device) -> torch.Tensor:
+    """Cumulative boundaries ``[0, s0, s0 + s1, ...]`` of host sizes, on the device."""
+    return alg.to_device(torch.tensor([0, *itertools.accumulate(sizes)], dtype=torch.long), device)

@@ -25,14 +25,44 @@ def test_kept_token_stays_in_its_own_image():
 
 def test_select_global_and_per_image():
     scores = torch.tensor([0.1, 0.9, 0.8, 0.2, 0.7, 0.6, 0.3, 0.4])
-    cu = torch.tensor([0, 4, 8])
-    # global, r = 0.5: top 4 of all = indices 1, 2, 4, 5
-    assert alg.select_tokens(scores, cu, 0.5, "global").tolist() == [1, 2, 4, 5]
+
+    def split(sizes, keeps):
+        kept, removed = alg.select_and_split(scores, sizes, keeps)
+        return kept.tolist(), removed.tolist()
+
+    # global, r = 0.5: top 4 of all = indices 1, 2, 4, 5; the rest, in order, removed
+    assert split([8], [4]) == ([1, 2, 4, 5], [0, 3, 6, 7])
     # per image, r = 0.5: top 2 of [0..4) = 1, 2 and of [4..8) = 4, 5 -> same here
-    assert alg.select_tokens(scores, cu, 0.5, "per_image").tolist() == [1, 2, 4, 5]
+    assert split([4, 4], [2, 2]) == ([1, 2, 4, 5], [0, 3, 6, 7])
     # r = 0.75: global keeps 2 (1, 2), per image keeps one each (1 and 4)
-    assert alg.select_tokens(scores, cu, 0.75, "global").tolist() == [1, 2]
-    assert alg.select_tokens(scores, cu, 0.75, "per_image").tolist() == [1, 4]
+    assert split([8], [2]) == ([1, 2], [0, 3, 4, 5, 6, 7])
+    assert split([4, 4], [1, 1]) == ([1, 4], [0, 2, 3, 5, 6, 7])
+    # segments of different sizes: top 1 of [0..3) = 1, top 3 of [3..8) = 4, 5, 7
+    assert split([3, 5], [1, 3]) == ([1, 4, 5, 7], [0, 2, 3, 6])
+    try:
+        alg.select_and_split(scores, [4, 3], [2, 2])
+    except ValueError as err:
+        assert "do not cover" in str(err)
+    else:
+        raise AssertionError("segments that do not cover the scores were accepted")
+
+
+def test_half_precision_neighbours_are_the_float32_cdist_ones():
+    """The matrix-product search of bf16 features ranks as float32 cdist does on the same values
+    (ties aside: random features have none)."""
+    generator = torch.Generator().manual_seed(0)
+    removed = torch.randn(300, 64, generator=generator).bfloat16()
+    kept = torch.randn(120, 64, generator=generator).bfloat16()
+    index, weight = alg.find_neighbors(removed, kept, 10)
+    reference = torch.topk(torch.cdist(removed.float(), kept.float()), 10, dim=1, largest=False).indices
+    assert torch.equal(index.sort(dim=1).values, reference.sort(dim=1).values)
+    assert torch.equal(weight, torch.full((300, 10), 0.1))
+    # with segments: the same sets as float32 under the same mask
+    seg_r = torch.randint(0, 3, (300,), generator=generator)
+    seg_k = torch.randint(0, 3, (120,), generator=generator)
+    index, weight = alg.find_neighbors(removed, kept, 10, seg_r, seg_k)
+    index32, weight32 = alg.find_neighbors(removed.float(), kept.float(), 10, seg_r, seg_k)
+    assert torch.equal(index.sort(dim=1).values, index32.sort(dim=1).values) and torch.equal(weight, weight32)
 
 
 def test_neighbors_and_reconstruction_by_hand():
@@ -62,3 +92,19 @@ def test_same_segment_neighbours_and_missing_neighbours():
     assert weight[1].sum() == 0
     rebuilt = alg.Reconstruction(kept, removed, index, weight)(kept + 5)
     assert rebuilt[1].item() == 2.0 and rebuilt[0].item() == 54.0
+
+
+def test_on_ties_every_search_returns_a_nearest_set():
+    """Duplicated kept tokens make exact ties: whichever of the tied tokens a search picks, the
+    set it returns is a k-nearest set (no unchosen kept token is closer than a chosen one), for
+    float32 cdist and for the half-precision matrix product alike."""
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(20, 16, generator=generator).round()
+    kept = torch.cat([base, base])  # every kept token twice
+    removed = torch.randn(50, 16, generator=generator).round()
+    exact = torch.cdist(removed.double(), kept.double())
+    for feats in (torch.float32, torch.bfloat16):
+        index, _ = alg.find_neighbors(removed.to(feats), kept.to(feats), 5)
+        chosen = exact.gather(1, index)
+        unchosen = exact.scatter(1, index, float("inf"))
+        assert (chosen.max(dim=1).values <= unchosen.min(dim=1).values).all(), feats

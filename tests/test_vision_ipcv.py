@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import ipcv
 from pipeline.models.qwen_vl import random_patches
@@ -277,3 +278,73 @@ def test_each_request_of_a_batch_is_compressed_as_if_it_were_alone(family, confi
     alone = torch.cat(features[:2])
     assert kept_batch == kept_a + kept_b  # each request kept its own share: floor(n_r (1 - r))
     torch.testing.assert_close(features[2], alone, rtol=1e-4, atol=1e-5)
+
+
+class _HostReads(TorchDispatchMode):
+    """Counts the operations whose result the host must wait for on a GPU: scalars read back
+    (``int(t)``, ``.item()``) and outputs whose size depends on values (``nonzero``, ``unique``).
+    ``Tensor.tolist`` bypasses the dispatcher; the test counts it separately."""
+
+    READS = {"aten._local_scalar_dense", "aten.nonzero", "aten.nonzero_numpy", "aten.unique_consecutive",
+             "aten._unique2", "aten.unique_dim", "aten.masked_select", "aten.bincount"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if str(func.overloadpacket) in self.READS:
+            self.reads.append(str(func.overloadpacket))
+        return func(*args, **(kwargs or {}))
+
+
+def _host_reads(tower, inp, monkeypatch) -> list[str]:
+    tolist = torch.Tensor.tolist
+    with _HostReads() as mode:
+        def counting_tolist(self):
+            mode.reads.append("tolist")
+            return tolist(self)
+
+        monkeypatch.setattr(torch.Tensor, "tolist", counting_tolist)
+        run_tower(tower, inp)
+        monkeypatch.setattr(torch.Tensor, "tolist", tolist)
+    return sorted(mode.reads)
+
+
+@pytest.mark.parametrize(
+    "grid, config",
+    [
+        ([(1, 8, 8)], ipcv.IPCVConfig(prune_layer=3, as_layers=4)),
+        ([(1, 8, 8), (1, 4, 8)], ipcv.IPCVConfig(prune_layer=3, as_layers=4, budget="per_image")),
+        ([(1, 8, 8), (1, 4, 8)], ipcv.IPCVConfig(prune_layer=3, as_layers=4, budget="per_image",
+                                                 neighbor_scope="same_image", selection="random")),
+    ],
+)
+def test_ipcv_adds_no_host_read_when_the_host_knows_the_kept_counts(family, grid, config, monkeypatch):
+    """Kept counts follow from grid_thw and the ratio whenever every selection segment is one
+    frame: then IPCV reads nothing back from the device but grid_thw, once, at the start of the
+    call (the unpatched tower reads it too)."""
+    model = tiny(family, attn_implementation="sdpa")
+    tower = tower_of(model)
+    inp = random_patches(grid, seed=2)
+    unpatched = _host_reads(tower, inp, monkeypatch)
+    assert unpatched, "the counter saw none of the unpatched tower's reads"
+    with ipcv.apply(model, vision=config) as handle:
+        patched = _host_reads(tower, inp, monkeypatch)
+        assert handle.vision_stats.total_kept > 0
+    assert patched == sorted(unpatched + ["tolist"])
+
+
+def test_a_video_under_the_global_budget_reads_the_kept_layout_once(monkeypatch):
+    """Frames of a video share one budget, so how many tokens each frame keeps is on the device:
+    IPCV reads the kept boundaries once (``unique_consecutive``) and the per-frame counts once,
+    at the end of the call."""
+    model = tiny("tiny-qwen2-vl", attn_implementation="sdpa")
+    tower = tower_of(model)
+    inp = random_patches([(4, 4, 4)], seed=2)
+    unpatched = _host_reads(tower, inp, monkeypatch)
+    with ipcv.apply(model, vision=ipcv.IPCVConfig(prune_layer=3, as_layers=4)) as handle:
+        patched = _host_reads(tower, inp, monkeypatch)
+        assert sum(handle.vision_stats.tokens_kept) == 22  # floor(64 * 0.35)
+    assert sorted(set(patched) - set(unpatched)) == ["aten.unique_consecutive"]
+    assert len(patched) - len(unpatched) == 3  # grid_thw, unique_consecutive, and one tolist

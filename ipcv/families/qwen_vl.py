@@ -33,9 +33,9 @@ class QwenVLFamily(VisionFamily):
         grid_thw = kwargs.get("grid_thw", args[1] if len(args) > 1 else None)
         if grid_thw is None:
             raise ValueError("IPCV needs grid_thw in the call of the vision tower")
-        grid = grid_thw.detach().to("cpu", torch.long)
-        sizes = torch.repeat_interleave(grid[:, 1] * grid[:, 2], grid[:, 0])
-        return FrameLayout(frames_per_item=grid[:, 0].tolist(), tokens_per_frame=sizes.tolist())
+        rows = [[int(v) for v in row] for row in grid_thw.tolist()]  # one read (the tower reads it too)
+        return FrameLayout(frames_per_item=[t for t, _, _ in rows],
+                           tokens_per_frame=[h * w for t, h, w in rows for _ in range(t)])
 
     def item_rows(self, config: Any, input_ids: torch.Tensor, frames: FrameLayout) -> list[int] | None:
         # each image / video is one run of its placeholder token in its row, of t*h*w / merge^2 tokens
@@ -71,7 +71,7 @@ class QwenVLFamily(VisionFamily):
         kwargs: dict[str, Any],
     ) -> torch.Tensor:
         attn_out = block.attn(block.norm1(full_states), **kwargs)
-        hidden = kept_states + attn_out[kept]
+        hidden = kept_states + attn_out.index_select(0, kept)
         return hidden + block.mlp(block.norm2(hidden))
 
     def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:

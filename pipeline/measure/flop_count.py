@@ -41,6 +41,7 @@ _ELEMENTWISE = {
     "aten::index_put_", "aten::masked_select", "aten::logical_not", "aten::logical_and",
     "aten::pad", "aten::argsort", "aten::flip", "aten::roll", "aten::clamp_min", "aten::expand_as",
     "aten::numpy_T", "aten::t", "aten::transpose", "aten::permute", "aten::contiguous",
+    "aten::index_copy_", "aten::index_fill_", "aten::index_select", "aten::diff",
 }
 _VARLEN = {"flash_attn::_flash_attn_varlen_forward", "flash_attn::flash_attn_varlen_func"}
 
