@@ -410,7 +410,7 @@ def run(
     out_dir = out if out and "://" in out else Path(out or spec.output_dir)
     console.print(f"sweep [bold]{spec.name}[/bold]: {len(cells)} cells -> {out_dir}")
     from pipeline.evaluation import DataError
-    from pipeline.sweep.ray_driver import ResourceError
+    from pipeline.sweep.resources import ResourceError
     from pipeline.sweep.store import StoreError, StoreWriteError
 
     try:

@@ -115,7 +115,7 @@ _SCHEMA: list[Column] = [
     *(_c(llm_column(f.name), "", f"LLM-side pruning setting {f.name}") for f in LLM_FIELDS),
     _c("setting", "text", "readable label of the method's setting"),
     _c("input", "text", "readable label of the input group"),
-    _c("weights", "text", "random (tiny preset) or checkpoint"),
+    _c("weights", "text", "random (tiny preset), random (architecture) or checkpoint"),
     # the run
     _c("status", "text", "ok or failed"),
     _c("error", "text", "why a failed cell failed"),

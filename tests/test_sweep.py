@@ -16,7 +16,7 @@ import yaml
 
 from pipeline.sweep.driver import run_sweep
 from pipeline.sweep.grid import expand
-from pipeline.sweep.ray_driver import plan_workers
+from pipeline.sweep.resources import plan_workers
 from pipeline.sweep.spec import ProfileError, load_spec, parse_spec
 from tests.wandb_offline import read_runs
 

@@ -109,8 +109,9 @@ class ModelFamily:
         """The settings that make an architecture size (for provenance in benchmark files)."""
         raise NotImplementedError
 
-    def build(self, size: str, vision: dict[str, Any] | None = None) -> nn.Module:
-        """The whole model of an architecture size, with weights from the current random state."""
+    def build(self, size: str, vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None) -> nn.Module:
+        """The whole model of an architecture size, with weights from the current random state
+        (``vision`` / ``text``: settings that override the size's, e.g. a reduced depth)."""
         raise NotImplementedError
 
     def build_tower(self, size: str) -> nn.Module:

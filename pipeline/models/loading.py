@@ -57,14 +57,15 @@ def build_random(
     attn_implementation: str = "sdpa",
     device: str = "cpu",
     vision: dict[str, Any] | None = None,
+    text: dict[str, Any] | None = None,
     on_device: bool = False,
     tower_only: bool = False,
 ) -> nn.Module:
     """An architecture size of ``family`` with weights drawn from ``seed`` (``tower_only``: its
-    vision tower alone)."""
+    vision tower alone; ``vision`` / ``text``: settings overriding the size's)."""
     torch_dtype = parse_dtype(dtype)
     check_device(device)
-    make = (lambda: family.build_tower(size)) if tower_only else (lambda: family.build(size, vision))
+    make = (lambda: family.build_tower(size)) if tower_only else (lambda: family.build(size, vision, text))
     if on_device:
         with torch.random.fork_rng(devices=[torch.device(device)] if device.startswith("cuda") else []):
             torch.manual_seed(seed)
@@ -105,11 +106,26 @@ def load_model(
     attn_implementation: str = "sdpa",
     device: str = "cpu",
     seed: int = 0,
+    weights: str = "checkpoint",
+    overrides: dict[str, dict[str, Any]] | None = None,
 ) -> nn.Module:
-    """A preset by name, else a real checkpoint from a local path or hub id."""
+    """A preset by name; with ``weights="random"`` a published architecture by its checkpoint name
+    (``pipeline/models/architectures.py``), built with seeded random weights directly on
+    ``device`` in ``dtype`` (no download, no CPU copy; ``overrides``: ``{"vision": {...},
+    "text": {...}}`` settings, e.g. a reduced depth); else a real checkpoint from a local path or
+    hub id."""
     if name_or_path in PRESETS:
         check_device(device)
         return build_tiny(name_or_path, seed=seed, dtype=dtype, attn_implementation=attn_implementation).to(device)
+    if weights == "random":
+        from pipeline.models.architectures import architecture_for
+
+        arch = architecture_for(name_or_path)
+        overrides = overrides or {}
+        return build_random(arch.family, arch.size, seed=seed, dtype=dtype, attn_implementation=attn_implementation,
+                            device=device, vision=overrides.get("vision"), text=overrides.get("text"), on_device=True)
+    if weights != "checkpoint":
+        raise ValueError(f"weights must be 'checkpoint' or 'random', got {weights!r}")
     from transformers import AutoModelForImageTextToText
 
     torch_dtype = parse_dtype(dtype)
@@ -126,11 +142,12 @@ def load_model(
     return model.to(device).eval()
 
 
-def load_processor(name_or_path: str, required: bool = False) -> Any | None:
-    """The checkpoint's own processor (``None`` for presets, which build requests themselves).
-    Without ``required``, a checkpoint whose processor cannot be loaded gets ``None`` too, and
-    the family's built-in request builder stands in."""
-    if is_preset(name_or_path):
+def load_processor(name_or_path: str, required: bool = False, weights: str = "checkpoint") -> Any | None:
+    """The checkpoint's own processor (``None`` for presets and random-weight architectures, which
+    build requests themselves: the family's image processor and a small word tokenizer). Without
+    ``required``, a checkpoint whose processor cannot be loaded gets ``None`` too, and the
+    family's built-in request builder stands in."""
+    if is_preset(name_or_path) or weights == "random":
         return None
     from transformers import AutoProcessor
 

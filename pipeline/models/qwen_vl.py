@@ -42,6 +42,30 @@ _TINY_TEXT = dict(
 _TINY_TOKENS = dict(image_token_id=500, video_token_id=501, vision_start_token_id=502, vision_end_token_id=503)
 _SPECIAL = dict(bos_token_id=0, eos_token_id=1, pad_token_id=2)
 
+# The published architectures (config.json of the Qwen/Qwen2-VL-* and Qwen/Qwen2.5-VL-* Instruct
+# checkpoints): what latency, memory and FLOPs depend on. Built with random weights, for costs.
+_QWEN_TOKENS = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
+                    vision_end_token_id=151653)
+
+
+def _qwen_text(hidden: int, layers: int, heads: int, kv_heads: int, intermediate: int, vocab: int,
+               tied: bool) -> dict[str, Any]:
+    return dict(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=kv_heads,
+                intermediate_size=intermediate, vocab_size=vocab, tie_word_embeddings=tied, rms_norm_eps=1e-6,
+                rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]})
+
+
+def _qwen2_vl_size(text: dict[str, Any]) -> dict[str, Any]:
+    vision = dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=text["hidden_size"])
+    return dict(text=text, vision=vision, tokens=_QWEN_TOKENS)
+
+
+def _qwen2_5_vl_size(text: dict[str, Any]) -> dict[str, Any]:
+    vision = dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=text["hidden_size"],
+                  window_size=112, fullatt_block_indexes=[7, 15, 23, 31], tokens_per_second=2)
+    return dict(text=text, vision=vision, tokens=_QWEN_TOKENS)
+
+
 QWEN2_VL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
         text=_TINY_TEXT,
@@ -55,14 +79,9 @@ QWEN2_VL_SIZES: dict[str, dict[str, Any]] = {
         vision=dict(depth=16, embed_dim=512, num_heads=8, mlp_ratio=4, hidden_size=512),
         tokens=dict(image_token_id=8000, video_token_id=8001, vision_start_token_id=8002, vision_end_token_id=8003),
     ),
-    "7b": dict(
-        text=dict(hidden_size=3584, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
-                  intermediate_size=18944, vocab_size=152064,
-                  rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]}),
-        vision=dict(depth=32, embed_dim=1280, num_heads=16, mlp_ratio=4, hidden_size=3584),
-        tokens=dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
-                    vision_end_token_id=151653),
-    ),
+    "2b": _qwen2_vl_size(_qwen_text(1536, 28, 12, 2, 8960, 151936, tied=True)),
+    "7b": _qwen2_vl_size(_qwen_text(3584, 28, 28, 4, 18944, 152064, tied=False)),
+    "72b": _qwen2_vl_size(_qwen_text(8192, 80, 64, 8, 29568, 152064, tied=False)),
 }
 QWEN2_5_VL_SIZES: dict[str, dict[str, Any]] = {
     "tiny": dict(
@@ -71,6 +90,10 @@ QWEN2_5_VL_SIZES: dict[str, dict[str, Any]] = {
                     window_size=112, fullatt_block_indexes=[3, 7, 11]),
         tokens=_TINY_TOKENS,
     ),
+    "3b": _qwen2_5_vl_size(_qwen_text(2048, 36, 16, 2, 11008, 151936, tied=True)),
+    "7b": _qwen2_5_vl_size(_qwen_text(3584, 28, 28, 4, 18944, 152064, tied=False)),
+    "32b": _qwen2_5_vl_size(_qwen_text(5120, 64, 40, 8, 27648, 152064, tied=False)),
+    "72b": _qwen2_5_vl_size(_qwen_text(8192, 80, 64, 8, 29568, 152064, tied=False)),
 }
 
 
@@ -206,18 +229,20 @@ class QwenVL(ModelFamily):
         layers = (config.get("text_config") or {}).get("num_hidden_layers") or config.get("num_hidden_layers")
         return (int(vision), int(layers)) if vision and layers else None
 
-    def config(self, size: str, vision: dict[str, Any] | None = None) -> Any:
+    def config(self, size: str, vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None) -> Any:
         import transformers
 
         spec = self.size_spec(size)
         vision_cfg = {**spec["vision"], **GEOMETRY, **(vision or {})}
+        text_cfg = {**spec["text"], **_SPECIAL, **(text or {})}
         config_cls = getattr(transformers, self._classes[0])
-        return config_cls(vision_config=vision_cfg, text_config={**spec["text"], **_SPECIAL}, **spec["tokens"])
+        return config_cls(vision_config=vision_cfg, text_config=text_cfg,
+                          tie_word_embeddings=text_cfg.get("tie_word_embeddings", False), **spec["tokens"])
 
-    def build(self, size: str, vision: dict[str, Any] | None = None) -> nn.Module:
+    def build(self, size: str, vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None) -> nn.Module:
         import transformers
 
-        return getattr(transformers, self._classes[1])(self.config(size, vision))
+        return getattr(transformers, self._classes[1])(self.config(size, vision, text))
 
     def build_tower(self, size: str) -> nn.Module:
         import transformers

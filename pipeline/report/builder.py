@@ -160,9 +160,13 @@ def _intro(rows: pd.DataFrame, results: pd.DataFrame, metric: pareto.Metric, res
              f"device: {devices}."]
     if any(str(c).startswith("cpu") for c in clocks):
         lines.append("Latencies are CPU timings (perf_counter) on this machine, not GPU figures.")
-    if (rows.get("weights", pd.Series(dtype=object)) == "random (tiny preset)").any():
+    weights = rows.get("weights", pd.Series(dtype=object))
+    if (weights == "random (tiny preset)").any():
         lines.append("Some models are tiny presets with random weights: their accuracy is chance level and "
                      "their latencies say little about real sizes.")
+    if (weights == "random (architecture)").any():
+        lines.append("Some models are published architectures with random weights: their costs (latency, memory, "
+                     "FLOPs, KV cache) are those of the real model, their accuracy and fidelity are not quality.")
     lines += result.notes
     return lines
 

@@ -20,14 +20,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
-from ray._private import ray_constants
 
 from pipeline.evaluation import check_sources
 from pipeline.sweep.executor import run_inline
 from pipeline.sweep.grid import Cell, expand
-from pipeline.sweep.ray_driver import RayDriver
 from pipeline.sweep.remote import RemoteFolder, is_uri
 from pipeline.sweep.spec import SweepSpec, parse_spec
 from pipeline.sweep.store import ResultStore, StoreError, StoreWriteError
@@ -152,6 +149,9 @@ def _init_loopback_ray() -> None:
     setting the variable before ``ray.init`` reaches only the processes Ray starts: this process's
     copy is set too, for the start, then both are put back, so a later ``ray.init(address=...)``
     in the same process still reaches a real cluster. A user's own setting of the variable wins."""
+    import ray
+    from ray._private import ray_constants
+
     name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
     if name in os.environ:
         ray.init(_node_ip_address="127.0.0.1", include_dashboard=False, log_to_driver=False)
@@ -168,6 +168,8 @@ def _init_loopback_ray() -> None:
 def _run(spec, cells, todo, store, summary, address, node_ip_address, executor, progress, stop_after, on_row,
          on_reference, logger):
     started_ray = False
+    if executor == "ray":  # imported here: the local executor runs where Ray is not installed
+        import ray
     if executor == "ray" and not ray.is_initialized():
         if address:
             ray.init(address=address, _node_ip_address=node_ip_address, log_to_driver=False)
@@ -223,6 +225,8 @@ def _record(cell: Cell, row: dict[str, Any], store: ResultStore, logger: CellLog
 def _drive_ray(spec, todo, store, logger, summary, progress, stop_after, on_row, on_reference, autoscaling) -> None:
     if not todo:
         return
+    from pipeline.sweep.ray_driver import RayDriver
+
     bar = _Progress(len(todo), progress)
     try:
         RayDriver(spec, todo, lambda cell, row: _record(cell, row, store, logger, summary, bar), bar.note,

@@ -62,14 +62,15 @@ class CellExecutor:
         self.load_error: str | None = None
         try:
             self.model = load_model(model.name, dtype=model.dtype, attn_implementation=model.attn_implementation,
-                                    device=device or device_for(model), seed=model.seed)
+                                    device=device or device_for(model), seed=model.seed, weights=model.weights,
+                                    overrides=model.overrides)
             self.loads += 1
         except Exception as err:  # a bad checkpoint fails its cells, not the sweep
             self.load_error = f"model load failed: {type(err).__name__}: {err}"
         self._task_samples: dict[str, tuple[Task, list[Sample]]] = {}
         self._scratch: tempfile.TemporaryDirectory | None = None
         # real checkpoints: their own processor when it loads; else the family's request builder
-        self.processor = load_processor(model.name) if self.model is not None else None
+        self.processor = load_processor(model.name, weights=model.weights) if self.model is not None else None
         self.builder = family_of(self.model).request_builder(self.model, self.processor) if self.model is not None else None
 
     def close(self) -> None:

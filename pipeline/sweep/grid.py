@@ -49,8 +49,12 @@ class Cell:
 
     def config(self) -> dict[str, Any]:
         """Everything that determines the cell's result."""
+        model = self.model.model_dump()
+        for later in ("weights", "overrides"):  # added later: cells that leave them at defaults keep their ids
+            if model[later] == type(self.model).model_fields[later].default:
+                del model[later]
         config = {
-            "model": self.model.model_dump(),
+            "model": model,
             "input": self.input.__dict__,
             "method": self.method,
             "vision": self.vision,

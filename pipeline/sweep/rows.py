@@ -47,13 +47,21 @@ def base_row(cell: Cell) -> dict[str, Any]:
         "method": cell.method,
         **{vision_column(f.name): vision.get(f.name) for f in VISION_FIELDS},
         **{llm_column(f.name): llm.get(f.name) for f in LLM_FIELDS},
-        "weights": "random (tiny preset)" if is_preset(cell.model.name) else "checkpoint",
+        "weights": weights_label(cell.model.name, cell.model.weights),
         "status": "pending",
         "error": None,
     }
     row["setting"] = setting_label(row)
     row["input"] = input_label(row)
     return row
+
+
+def weights_label(name: str, weights: str) -> str:
+    """What the row's weights are; anything but "checkpoint" makes its quality figures fidelity of
+    random weights (the report and W&B never call them quality)."""
+    if is_preset(name):
+        return "random (tiny preset)"
+    return "random (architecture)" if weights == "random" else "checkpoint"
 
 
 def report_columns(report: RequestReport) -> dict[str, Any]:

@@ -34,14 +34,35 @@ class _Strict(BaseModel):
 
 
 class ModelSpec(_Strict):
-    """A model to sweep: a tiny preset, a hub id or a local path."""
+    """A model to sweep: a tiny preset, a hub id or a local path; or, with ``weights: random``, a
+    published architecture by its hub id, built with seeded random weights (costs at real size
+    without a download; its quality figures are fidelity of random weights, never quality)."""
 
     name: str
     dtype: Literal[tuple(DTYPES)] = "bfloat16"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
     gpus: float = Field(0.0, ge=0, description="GPUs per worker (0: CPU); several for models that need them")
     batch: int = Field(1, ge=1, le=1, description="prompts per request (only 1 is measured so far)")
-    seed: int = Field(0, ge=0, description="weights seed of tiny presets")
+    seed: int = Field(0, ge=0, description="weights seed of tiny presets and random-weight architectures")
+    weights: Literal["checkpoint", "random"] = Field(
+        "checkpoint", description="checkpoint: the trained weights at the path or hub id; random: the architecture only")
+    overrides: dict[Literal["vision", "text"], dict[str, int | float | bool]] | None = Field(
+        None, description="architecture settings over the published ones (weights: random), e.g. a reduced depth "
+                          "for a smoke run: {vision: {depth: 4}, text: {num_hidden_layers: 2}}")
+
+    def __hash__(self) -> int:  # the overrides mapping is not hashable; its canonical JSON is
+        return hash(self.model_dump_json())
+
+    @model_validator(mode="after")
+    def _weights(self) -> ModelSpec:
+        from pipeline.models import is_preset
+        from pipeline.models.architectures import architecture_for
+
+        if self.weights == "random" and not is_preset(self.name):
+            architecture_for(self.name)  # raises, listing the architectures there are
+        if self.overrides and (self.weights != "random" or is_preset(self.name)):
+            raise ValueError("overrides apply to random-weight architectures only (weights: random with a hub id)")
+        return self
 
 
 def _requirements(info: ValidationInfo) -> Requirements:
