@@ -216,7 +216,7 @@ def profile(
             spec = synthetic_spec(resolution, images=images, video_frames=video_frames, seed=seed, prompt=prompt,
                                   requirements=requirements)
         loaded = load_model(model, dtype=dtype, attn_implementation=attn, device=device, seed=seed)
-        processor = load_processor(model, required=True)
+        processor = load_processor(model)
         report = measure_request(loaded, spec, model_name=model, vision=vision, llm=llm, settings=settings,
                                  processor=processor)
     except StageError as err:

@@ -142,21 +142,29 @@ def load_model(
     return model.to(device).eval()
 
 
-def load_processor(name_or_path: str, required: bool = False, weights: str = "checkpoint") -> Any | None:
-    """The checkpoint's own processor (``None`` for presets and random-weight architectures, which
-    build requests themselves: the family's image processor and a small word tokenizer). Without
-    ``required``, a checkpoint whose processor cannot be loaded gets ``None`` too, and the
-    family's built-in request builder stands in."""
+def load_processor(name_or_path: str, weights: str = "checkpoint") -> Any | None:
+    """What a checkpoint's prompts are written with: its processor; where that cannot load (e.g.
+    transformers 5's Qwen-VL processor needs torchvision for its video part) its tokenizer,
+    with the family's image processor for pixels. ``None`` for presets and random-weight
+    architectures, which build requests themselves (a small word tokenizer). A checkpoint with
+    neither is an error: its prompts are never tokenised by anything but its own tokenizer."""
     if is_preset(name_or_path) or weights == "random":
         return None
-    from transformers import AutoProcessor
+    from transformers import AutoProcessor, AutoTokenizer
 
     try:
         return AutoProcessor.from_pretrained(name_or_path)
-    except Exception:
-        if required:
-            raise
-        return None
+    except Exception as processor_err:
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            if len(tokenizer) <= 1:  # transformers builds an empty one where no tokenizer files are
+                raise ValueError("it is empty (no tokenizer files)")
+            return tokenizer
+        except Exception as tokenizer_err:
+            raise ValueError(
+                f"could not load the processor ({type(processor_err).__name__}: {processor_err}) nor the "
+                f"tokenizer ({type(tokenizer_err).__name__}: {tokenizer_err}) of {name_or_path!r}"
+            ) from tokenizer_err
 
 
 def check_device(device: str) -> None:

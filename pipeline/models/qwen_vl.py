@@ -143,11 +143,23 @@ class QwenRequestBuilder:
     """Turns a ``RequestSpec`` into Qwen-VL model inputs (the ``preprocess`` stage)."""
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
+        """``processor``: the checkpoint's processor; or its tokenizer alone (where the processor
+        cannot load, e.g. transformers 5's video processor without torchvision), the pixels then
+        from the family's image processor; ``None`` for random weights (a small word tokenizer)."""
+        from transformers import PreTrainedTokenizerBase
+
         cfg = model.config
         self.image_token = cfg.image_token_id
         self.video_token = cfg.video_token_id
         self.start, self.end = cfg.vision_start_token_id, cfg.vision_end_token_id
-        self.processor = processor
+        self.text_tokenizer = processor if isinstance(processor, PreTrainedTokenizerBase) else None
+        self.processor = None if self.text_tokenizer is not None else processor
+        if self.text_tokenizer is not None:
+            placeholders = [self.start, self.end, self.image_token, self.video_token]
+            names = self.text_tokenizer.convert_ids_to_tokens(placeholders)
+            if None in names or self.text_tokenizer.convert_tokens_to_ids(names) != placeholders:
+                raise ValueError(f"the checkpoint's tokenizer does not hold its vision placeholder tokens "
+                                 f"(ids {placeholders} in config.json)")
         from pipeline.evaluation.synthetic import answer_vocabulary
 
         self.eos = cfg.get_text_config().eos_token_id
@@ -165,6 +177,8 @@ class QwenRequestBuilder:
             batch = image_processor(spec.resolution)(images=spec.images, return_tensors="pt")
             vision = {"pixel_values": batch["pixel_values"], "image_grid_thw": batch["image_grid_thw"]}
             spans, token, kind = batch["image_grid_thw"], self.image_token, 1
+        if self.text_tokenizer is not None:
+            return {**self._with_tokenizer(spec, spans, token), **vision}
         ids, types = [], []
         for t, h, w in spans.tolist():
             n = t * h * w // (MERGE * MERGE)
@@ -183,8 +197,25 @@ class QwenRequestBuilder:
         """Generated ids as text (the answer a benchmark scores)."""
         if self.processor is not None:
             return self.processor.batch_decode([ids], skip_special_tokens=True)[0].strip()
+        if self.text_tokenizer is not None:
+            return self.text_tokenizer.decode(ids, skip_special_tokens=True).strip()
         eos = self.eos if isinstance(self.eos, list) else [self.eos]
         return self.tokenizer.decode([i for i in ids if i not in eos])
+
+    def _with_tokenizer(self, spec: RequestSpec, spans: torch.Tensor, token: int) -> dict[str, torch.Tensor]:
+        """The chat the processor would write, placeholders expanded to the merged-token count of
+        each image / video, through the checkpoint's tokenizer."""
+        tok = self.text_tokenizer
+        start, end, pad = tok.convert_ids_to_tokens([self.start, self.end, token])
+        spans_text = "".join(start + pad * (t * h * w // (MERGE * MERGE)) + end for t, h, w in spans.tolist())
+        text = f"<|im_start|>user\n{spans_text}{spec.prompt}<|im_end|>\n<|im_start|>assistant\n"
+        input_ids = torch.tensor([tok(text, add_special_tokens=False)["input_ids"]])
+        kinds = {self.image_token: 1, self.video_token: 2}
+        return {
+            "input_ids": input_ids,
+            "attention_mask": torch.ones_like(input_ids),
+            "mm_token_type_ids": torch.tensor([[kinds.get(i, 0) for i in input_ids[0].tolist()]]),
+        }
 
     def _with_processor(self, spec: RequestSpec) -> dict[str, torch.Tensor]:
         placeholder = "<|vision_start|><|video_pad|><|vision_end|>" if spec.video_frames else (
