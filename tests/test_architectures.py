@@ -79,3 +79,19 @@ def test_a_reduced_depth_architecture_runs_cells_end_to_end(tmp_path):
     model = load_model("Qwen/Qwen2-VL-2B-Instruct", dtype="float32", weights="random", overrides=overrides)
     assert model.config.text_config.vocab_size == 151936 and model.config.text_config.hidden_size == 1536
     assert model.lm_head.weight.data_ptr() == model.model.language_model.embed_tokens.weight.data_ptr()  # tied
+
+
+def test_a_model_too_big_for_the_gpu_is_refused_with_its_sizes():
+    from pipeline.models.loading import check_fits
+
+    gib = 2**30
+    with pytest.raises(ValueError, match=r"73.41B parameters take 136.7 GiB in bfloat16, more than the 130.0 GiB free"):
+        check_fits("Qwen/Qwen2-VL-72B-Instruct", 73_405_560_320, "bfloat16", torch.device("cuda:0"),
+                   free_bytes=130 * gib, total_bytes=140 * gib)
+    check_fits("Qwen/Qwen2-VL-7B-Instruct", 8_291_375_616, "bfloat16", torch.device("cuda:0"),
+               free_bytes=130 * gib, total_bytes=140 * gib)  # fits: no error
+
+
+def test_a_worker_of_several_gpus_is_refused_until_sharding_exists():
+    with pytest.raises(ProfileError, match="gpus"):
+        parse_spec(_profile({"name": "Qwen/Qwen2-VL-72B-Instruct", "weights": "random", "gpus": 4}))

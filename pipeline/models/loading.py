@@ -122,6 +122,10 @@ def load_model(
 
         arch = architecture_for(name_or_path)
         overrides = overrides or {}
+        if device.startswith("cuda"):
+            with torch.device("meta"):
+                shape_only = arch.family.build(arch.size, overrides.get("vision"), overrides.get("text"))
+            check_fits(name_or_path, sum(p.numel() for p in shape_only.parameters()), dtype, torch.device(device))
         return build_random(arch.family, arch.size, seed=seed, dtype=dtype, attn_implementation=attn_implementation,
                             device=device, vision=overrides.get("vision"), text=overrides.get("text"), on_device=True)
     if weights != "checkpoint":
@@ -165,6 +169,21 @@ def load_processor(name_or_path: str, weights: str = "checkpoint") -> Any | None
                 f"could not load the processor ({type(processor_err).__name__}: {processor_err}) nor the "
                 f"tokenizer ({type(tokenizer_err).__name__}: {tokenizer_err}) of {name_or_path!r}"
             ) from tokenizer_err
+
+
+def check_fits(label: str, n_params: int, dtype: str, device: torch.device, free_bytes: int | None = None,
+               total_bytes: int | None = None) -> None:
+    """A clear error, naming the sizes, when a model's weights alone exceed the GPU's free memory
+    (instead of an out-of-memory error half-way through building it). Activations and the KV
+    cache need more on top; this only refuses what cannot work at all."""
+    if free_bytes is None or total_bytes is None:
+        free_bytes, total_bytes = torch.cuda.mem_get_info(device)
+    need = n_params * torch.empty(0, dtype=parse_dtype(dtype)).element_size()
+    if need > free_bytes:
+        raise ValueError(
+            f"{label}: {n_params / 1e9:.2f}B parameters take {need / 2**30:.1f} GiB in {dtype}, more than the "
+            f"{free_bytes / 2**30:.1f} GiB free of {total_bytes / 2**30:.1f} GiB on {device}; sharding a model over "
+            f"several GPUs is not implemented yet: use a GPU with more memory, or a smaller model")
 
 
 def check_device(device: str) -> None:

@@ -41,7 +41,8 @@ class ModelSpec(_Strict):
     name: str
     dtype: Literal[tuple(DTYPES)] = "bfloat16"
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
-    gpus: float = Field(0.0, ge=0, description="GPUs per worker (0: CPU); several for models that need them")
+    gpus: float = Field(0.0, ge=0, le=1, description="GPUs per worker (0: CPU; a fraction shares a GPU); a model "
+                                                       "sharded over several GPUs is not implemented yet")
     batch: int = Field(1, ge=1, le=1, description="prompts per request (only 1 is measured so far)")
     seed: int = Field(0, ge=0, description="weights seed of tiny presets and random-weight architectures")
     weights: Literal["checkpoint", "random"] = Field(
