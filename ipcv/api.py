@@ -12,6 +12,7 @@ from ipcv.families import family_of
 from ipcv.llm import LLMPatch, LLMStats
 from ipcv.stats import VisionStats
 from ipcv.vision import VisionPatch
+from ipcv.vision_tiled import TiledVisionPatch
 
 _HANDLE_ATTR = "_ipcv_handle"
 
@@ -101,6 +102,7 @@ def apply(
     if llm is not None and not isinstance(llm, LLMPruneConfig):
         raise TypeError(f"llm must be an LLMPruneConfig, got {type(llm).__name__}")
     family = family_of(model)
+    family.check_model(model)
     if model.__dict__.get(_HANDLE_ATTR) is not None:
         raise RuntimeError("this model is already patched by ipcv.apply; call .remove() on its handle first")
     language_side = family.find_language_side(model) if llm is not None else None
@@ -114,7 +116,8 @@ def apply(
             container = family.find_language_side(model).container
         except (TypeError, ValueError):  # the vision tower alone
             container = None
-        patch = VisionPatch(family, family.find_tower(model), vision, container)
+        patch_class = TiledVisionPatch if family.layout == "tiled" else VisionPatch
+        patch = patch_class(family, family.find_tower(model), vision, container)
     llm_patch = None
     if language_side is not None:
         llm_patch = LLMPatch(language_side, llm)

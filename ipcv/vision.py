@@ -52,6 +52,9 @@ class _PrunePlan:
     _cu_cache: list[tuple[torch.Tensor, list]] = field(default_factory=list)
     _rope_cache: list[tuple[Any, Any]] = field(default_factory=list)
 
+    def keep(self, states: torch.Tensor) -> torch.Tensor:
+        return states.index_select(0, self.kept)
+
     def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
         return alg.scatter_full(kept_states, self.reconstruct(kept_states), self.kept, self.removed)
 
@@ -193,8 +196,40 @@ class PatchBase:
     def _new_state(self, frames: FrameLayout, timer: OverheadTimer, rows: list[int] | None) -> Any:
         raise NotImplementedError
 
-    def _make_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
+    def _plan(self, state: Any, h_before: torch.Tensor, h_after: torch.Tensor) -> Any:
+        """The layout's plan: ``kept``, ``keep(states)``, ``rebuild(kept_states)``,
+        ``kept_call_kwargs(kwargs)``."""
         raise NotImplementedError
+
+    def _make_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
+        """The role of block ``index`` in every call (the module docstring lists them)."""
+        k, a, depth = self.config.prune_layer, self.config.as_layers, len(self.blocks)
+
+        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+            state = self._state
+            if state is None or index < k - 1:
+                return original(*args, **kwargs)
+            hidden, kwargs = self.family.split_block_call(args, kwargs)
+            if index == k - 1:
+                out = original(hidden, **kwargs)
+                state.plan = self._plan(state, hidden, out)
+                state.stats.prune_layer = k
+                out = state.plan.keep(out)
+            elif index < k + a:
+                with state.timer("restoration", hidden.device):
+                    full = state.plan.rebuild(hidden)
+                out = self.family.stabilized_block(block, hidden, full, state.plan.kept, kwargs)
+                state.stats.as_blocks.append(index)
+            else:
+                out = original(hidden, **state.plan.kept_call_kwargs(kwargs))
+                state.stats.pruned_blocks.append(index)
+            if index == depth - 1:
+                with state.timer("restoration", out.device):
+                    out = state.plan.rebuild(out)
+                state.stats.tokens_to_merger = list(state.stats.tokens_in)
+            return out
+
+        return forward
 
     def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
         state, self._state = self._state, None
@@ -221,36 +256,6 @@ class VisionPatch(PatchBase):
 
     def _new_state(self, frames: FrameLayout, timer: OverheadTimer, rows: list[int] | None) -> _ForwardState:
         return _ForwardState(frames, timer, rows)
-
-    # -- blocks ---------------------------------------------------------------------------
-    def _make_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
-        k, a, depth = self.config.prune_layer, self.config.as_layers, len(self.blocks)
-
-        def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
-            state = self._state
-            if state is None or index < k - 1:
-                return original(*args, **kwargs)
-            hidden, kwargs = self.family.split_block_call(args, kwargs)
-            if index == k - 1:
-                out = original(hidden, **kwargs)
-                state.plan = self._plan(state, hidden, out)
-                state.stats.prune_layer = k
-                out = out.index_select(0, state.plan.kept)
-            elif index < k + a:
-                with state.timer("restoration", hidden.device):
-                    full = state.plan.rebuild(hidden)
-                out = self.family.stabilized_block(block, hidden, full, state.plan.kept, kwargs)
-                state.stats.as_blocks.append(index)
-            else:
-                out = original(hidden, **state.plan.kept_call_kwargs(kwargs))
-                state.stats.pruned_blocks.append(index)
-            if index == depth - 1:
-                with state.timer("restoration", out.device):
-                    out = state.plan.rebuild(out)
-                state.stats.tokens_to_merger = list(state.stats.tokens_in)
-            return out
-
-        return forward
 
     def _plan(self, state: _ForwardState, h_before: torch.Tensor, h_after: torch.Tensor) -> _PrunePlan:
         cfg = self.config

@@ -8,9 +8,10 @@ from __future__ import annotations
 from torch import nn
 
 from ipcv.families.base import FrameLayout, LanguageSide, VisionFamily
+from ipcv.families.internvl import INTERNVL
 from ipcv.families.qwen_vl import QWEN2_5_VL, QWEN2_VL
 
-FAMILIES: tuple[VisionFamily, ...] = (QWEN2_VL, QWEN2_5_VL)
+FAMILIES: tuple[VisionFamily, ...] = (QWEN2_VL, QWEN2_5_VL, INTERNVL)
 
 
 def supported_description() -> str:

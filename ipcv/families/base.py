@@ -152,3 +152,11 @@ def _get_path(obj: object, path: str) -> nn.Module | None:
         if obj is None:
             return None
     return obj if isinstance(obj, nn.Module) else None
+
+
+def placeholder_runs(mask: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Row and length of every run of True in a [B, S] mask of placeholder tokens, in row-major
+    order: each run is one image / video (or one tile) of a prompt."""
+    edges = torch.diff(torch.nn.functional.pad(mask.to(torch.int8), (1, 1)), dim=1)
+    starts, ends = (edges == 1).nonzero().tolist(), (edges == -1).nonzero().tolist()
+    return [row for row, _ in starts], [end - start for (_, start), (_, end) in zip(starts, ends)]

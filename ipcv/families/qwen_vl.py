@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ipcv.families.base import FrameLayout, VisionFamily
+from ipcv.families.base import FrameLayout, VisionFamily, placeholder_runs
 
 
 class QwenVLFamily(VisionFamily):
@@ -43,7 +43,7 @@ class QwenVLFamily(VisionFamily):
         sizes = iter(frames.tokens_per_frame)
         item_tokens = [sum(next(sizes) for _ in range(n)) // merge for n in frames.frames_per_item]
         for token in (config.image_token_id, config.video_token_id):
-            rows, lengths = _runs(input_ids == token)
+            rows, lengths = placeholder_runs(input_ids == token)
             if lengths == item_tokens:
                 return rows
         return None
@@ -88,10 +88,3 @@ QWEN2_5_VL = QwenVLFamily(
     tower_classes=("Qwen2_5_VisionTransformerPretrainedModel",),
     model_classes=("Qwen2_5_VLForConditionalGeneration", "Qwen2_5_VLModel"),
 )
-
-
-def _runs(mask: torch.Tensor) -> tuple[list[int], list[int]]:
-    """Row and length of every run of True in a [B, S] mask, in row-major order."""
-    edges = torch.diff(torch.nn.functional.pad(mask.to(torch.int8), (1, 1)), dim=1)
-    starts, ends = (edges == 1).nonzero().tolist(), (edges == -1).nonzero().tolist()
-    return [row for row, _ in starts], [end - start for (_, start), (_, end) in zip(starts, ends)]
