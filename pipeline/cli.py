@@ -27,8 +27,23 @@ app = typer.Typer(
 console = Console() if Console().is_terminal else Console(width=160)
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("ipcv-study")
+        except PackageNotFoundError:  # run from a checkout that is not installed
+            number = "0.1.0 (not installed)"
+        console.print(f"ipcv-study {number}", highlight=False)
+        raise typer.Exit()
+
+
 @app.callback()
-def main() -> None:
+def main(
+    show_version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                      help="Print the version and exit."),
+) -> None:
     """IPCV scaling study: what visual-token compression buys, stage by stage."""
     from transformers.utils import logging as hf_logging
 
@@ -380,6 +395,8 @@ def run(
     wandb_mode: Optional[str] = typer.Option(None, help="Override the profile's W&B mode: offline, online or disabled."),
     executor: str = typer.Option("ray", help="ray (actors: a local Ray on 127.0.0.1, or the cluster at --address) "
                                  "or local (every cell in this process, no Ray: one GPU or a CPU)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="List the cells (count per model and method) and stop: "
+                                 "nothing is loaded, run or written."),
 ) -> None:
     """Run a sweep: every cell of the profile on Ray (or in this process), results to Parquet and W&B, resumable.
 
@@ -409,6 +426,11 @@ def run(
         _fail(err)
     out_dir = out if out and "://" in out else Path(out or spec.output_dir)
     console.print(f"sweep [bold]{spec.name}[/bold]: {len(cells)} cells -> {out_dir}")
+    for warning in _cpu_warnings(spec):
+        console.print(f"[yellow]warning:[/yellow] {warning}")
+    if dry_run:
+        _print_cells(cells)
+        return
     from pipeline.evaluation import DataError
     from pipeline.sweep.resources import ResourceError
     from pipeline.sweep.store import StoreError, StoreWriteError
@@ -429,6 +451,32 @@ def run(
         raise typer.Exit(130)
     if summary.failed:
         raise typer.Exit(1)
+
+
+def _cpu_warnings(spec) -> list[str]:
+    """A real-size model left on the CPU (``gpus: 0``, the default) is almost never meant."""
+    from pipeline.models import is_preset
+
+    return [f"{m.name} runs on the CPU (gpus: 0 in the profile): a real-size model there takes minutes per cell; "
+            f"set gpus: 1 to put it on a GPU" for m in spec.models if m.gpus == 0 and not is_preset(m.name)]
+
+
+def _print_cells(cells) -> None:
+    """What a sweep would run: cells per model and method, then every cell's id and labels."""
+    import collections
+
+    counts = collections.Counter((c.model.name, c.method) for c in cells)
+    table = Table(title=f"{len(cells)} cells (dry run: nothing loaded, run or written)")
+    for header in ("model", "method", "cells"):
+        table.add_column(header)
+    for (model, method), n in sorted(counts.items()):
+        table.add_row(model, method, str(n))
+    console.print(table)
+    from pipeline.sweep.rows import base_row
+
+    for cell in cells:
+        row = base_row(cell)
+        console.print(f"{cell.id}  {cell.model.name}  {row['input']}  {row['setting']}", highlight=False)
 
 
 def _summary_cell(group, column: columns.Column) -> str:

@@ -143,3 +143,28 @@ def test_submit_refuses_what_would_fail_on_the_cluster(tmp_path):
     assert result.exit_code == 2 and "must be inside the checkout" in result.output
     result = runner.invoke(app, [*base, "--out", "/tmp/x"])  # nothing listens there
     assert result.exit_code == 2 and "no Ray job server answers" in result.output, result.output
+
+
+def test_dry_run_lists_the_cells_writes_nothing_and_warns_about_a_real_model_on_cpu(tmp_path):
+    import yaml
+
+    from pipeline.sweep.grid import expand
+    from pipeline.sweep.spec import load_spec
+
+    profile = yaml.safe_load(Path("profiles/gpu-quick.yaml").read_text())
+    profile["models"][1]["gpus"] = 0  # the Qwen2.5-VL-7B architecture left on the CPU
+    path = tmp_path / "p.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", str(path), "--out", str(out), "--dry-run"])
+    assert result.exit_code == 0, result.output
+    cells = expand(load_spec(path))
+    assert f"{len(cells)} cells (dry run" in result.output
+    assert all(cell.id in result.output for cell in cells) and not out.exists()
+    assert "Qwen/Qwen2.5-VL-7B-Instruct runs on the CPU" in result.output
+    assert "Qwen/Qwen2-VL-7B-Instruct runs on the CPU" not in result.output
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and re.fullmatch(r"ipcv-study \S+.*\n", result.output)
