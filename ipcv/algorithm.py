@@ -126,6 +126,7 @@ def find_neighbors(
         kept_side = kept_feats
     else:
         kept_side = kept_feats.float().square().sum(dim=1)  # ||b||^2, float32
+    scoped = removed_segments is not None and kept_segments is not None
     indices, weights = [], []
     for start in range(0, n_removed, _DISTANCE_ROW_CHUNK):
         rows = removed_feats[start : start + _DISTANCE_ROW_CHUNK]
@@ -133,18 +134,16 @@ def find_neighbors(
             dist = torch.cdist(rows, kept_side)
         else:
             dist = torch.add(kept_side, _dot_float32(rows, kept_feats), alpha=-2.0)
-        if removed_segments is not None and kept_segments is not None:
+        if scoped:
             other = removed_segments[start : start + rows.shape[0], None] != kept_segments[None, :]
             dist = dist.masked_fill(other, math.inf)
         values, index = torch.topk(dist, k_eff, dim=1, largest=False)
         indices.append(index)
-        if removed_segments is None:
-            weights.append(None)
-        else:
+        if scoped:  # a token may have fewer qualifying neighbours, or none
             valid = torch.isfinite(values).float()
             weights.append(valid / valid.sum(dim=1, keepdim=True).clamp(min=1.0))
     index = indices[0] if len(indices) == 1 else torch.cat(indices)
-    if removed_segments is None:  # every removed token has k' neighbours
+    if not scoped:  # every removed token has k' neighbours
         return index, torch.full((n_removed, k_eff), 1.0 / k_eff, dtype=torch.float32, device=device)
     return index, (weights[0] if len(weights) == 1 else torch.cat(weights))
 

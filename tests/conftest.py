@@ -76,3 +76,17 @@ def two_images() -> VisionInput:
 @pytest.fixture
 def video() -> VisionInput:
     return random_patches(VIDEO, seed=2)
+
+
+def left_padded_batch(a: dict, b: dict) -> dict:
+    """Two single-row requests as one batch, the shorter one left-padded (pad id 2, mask 0)."""
+    pad = a["input_ids"].shape[1] - b["input_ids"].shape[1]
+    zeros = torch.zeros(1, pad, dtype=torch.long)
+    return {
+        "input_ids": torch.cat([a["input_ids"], torch.cat([torch.full((1, pad), 2), b["input_ids"]], 1)]),
+        "attention_mask": torch.cat([a["attention_mask"], torch.cat([zeros, b["attention_mask"]], 1)]),
+        "mm_token_type_ids": torch.cat([a["mm_token_type_ids"], torch.cat([zeros, b["mm_token_type_ids"]], 1)]),
+        "pixel_values": torch.cat([a["pixel_values"], b["pixel_values"]]),
+        "image_grid_thw": torch.cat([a["image_grid_thw"], b["image_grid_thw"]]),
+    }
+

@@ -7,7 +7,7 @@ import torch
 
 import ipcv
 from pipeline.models.qwen_vl import random_patches
-from tests.conftest import IMAGE_TOKEN, multimodal_request, tiny
+from tests.conftest import IMAGE_TOKEN, left_padded_batch, multimodal_request, tiny
 
 K = 2  # prune from decoder layer 2 of 4
 
@@ -225,16 +225,7 @@ def test_batch_with_different_image_counts_is_refused(family):
     model = tiny(family)
     a = multimodal_request(random_patches([(1, 8, 8)], seed=22))
     b = multimodal_request(random_patches([(1, 4, 8)], seed=23))
-    length = a["input_ids"].shape[1]
-    pad = length - b["input_ids"].shape[1]
-    zeros = torch.zeros(1, pad, dtype=torch.long)
-    batch = {
-        "input_ids": torch.cat([a["input_ids"], torch.cat([torch.full((1, pad), 2), b["input_ids"]], 1)]),
-        "attention_mask": torch.cat([a["attention_mask"], torch.cat([zeros, b["attention_mask"]], 1)]),
-        "mm_token_type_ids": torch.cat([a["mm_token_type_ids"], torch.cat([zeros, b["mm_token_type_ids"]], 1)]),
-        "pixel_values": torch.cat([a["pixel_values"], b["pixel_values"]]),
-        "image_grid_thw": torch.cat([a["image_grid_thw"], b["image_grid_thw"]]),
-    }
+    batch = left_padded_batch(a, b)
     with torch.no_grad(), ipcv.apply(model, llm=ipcv.LLMPruneConfig(method="dart", layer=K)):
         with pytest.raises(ValueError, match="same number of image/video tokens"):
             model(**batch)

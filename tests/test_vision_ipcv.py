@@ -6,7 +6,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import ipcv
 from pipeline.models.qwen_vl import random_patches
-from tests.conftest import TWO_IMAGES, multimodal_request, run_tower, tiny, tower_of
+from tests.conftest import TWO_IMAGES, left_padded_batch, multimodal_request, run_tower, tiny, tower_of
 from tests.reference_ipcv import frame_of_each_token, reference_ipcv
 
 
@@ -256,15 +256,7 @@ def test_each_request_of_a_batch_is_compressed_as_if_it_were_alone(family, confi
     model = tiny(family)
     a = multimodal_request(random_patches([(1, 8, 8), (1, 4, 8)], seed=50))  # two images
     b = multimodal_request(random_patches([(1, 8, 12)], seed=51))  # one larger image
-    pad = a["input_ids"].shape[1] - b["input_ids"].shape[1]
-    zeros = torch.zeros(1, pad, dtype=torch.long)
-    batch = {
-        "input_ids": torch.cat([a["input_ids"], torch.cat([torch.full((1, pad), 2), b["input_ids"]], 1)]),
-        "attention_mask": torch.cat([a["attention_mask"], torch.cat([zeros, b["attention_mask"]], 1)]),
-        "mm_token_type_ids": torch.cat([a["mm_token_type_ids"], torch.cat([zeros, b["mm_token_type_ids"]], 1)]),
-        "pixel_values": torch.cat([a["pixel_values"], b["pixel_values"]]),
-        "image_grid_thw": torch.cat([a["image_grid_thw"], b["image_grid_thw"]]),
-    }
+    batch = left_padded_batch(a, b)
     features: list[torch.Tensor] = []
     hook = tower_of(model).register_forward_hook(lambda m, args, out: features.append(out.pooler_output))
     with torch.no_grad(), ipcv.apply(model, vision=config) as handle:
