@@ -26,7 +26,7 @@ from pipeline.measure.llm_flops import prefill_flops, record_llm_layout
 from pipeline.measure.timing import StageClock, clock_name, provenance, summarize
 from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
 from pipeline.models import parse_dtype
-from pipeline.models.qwen_vl import PATCH, random_patches
+from pipeline.models.qwen_vl import MERGE, PATCH, random_patches
 
 METHODS = {
     "baseline": dict(),
@@ -42,7 +42,7 @@ def make_request(size: str, resolution: int, device: torch.device, dtype: torch.
     tokens = common.FAMILY.size_spec(size)["tokens"]
     side = resolution // PATCH
     inp = random_patches([(1, side, side)], seed=resolution)
-    n = common.FAMILY.visual_tokens(side * side)
+    n = side * side // (MERGE * MERGE)
     text = torch.randint(10, 1000, (32,), generator=torch.Generator().manual_seed(0)).tolist()
     ids = [tokens["vision_start_token_id"]] + [tokens["image_token_id"]] * n + [tokens["vision_end_token_id"]] + text
     types = [0] + [1] * n + [0] + [0] * len(text)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from pipeline.measure.vision_flops import vision_dims
 from pipeline.models import (
@@ -57,7 +58,8 @@ def test_the_adapter_finds_the_stages_and_sizes(name):
     assert family.tower(model) is model.model.visual and family_of(model.model.visual) is family
     assert family.language_model(model) is model.model.language_model and family.lm_head(model) is model.lm_head
     assert family.vision_token_ids(model) == (500, 501)
-    assert family.visual_tokens(16 * 16) == 64  # 2 x 2 patches merge into one LLM token
+    request = {"image_grid_thw": torch.tensor([[1, 16, 16], [2, 4, 4]])}
+    assert family.vision_tokens(model, request) == (288, 288, 72)  # 2 x 2 patches merge into one LLM token
     dims = vision_dims(model)
     assert (dims.width, dims.patch_inputs, dims.merge_unit) == (64, 3 * 2 * 14 * 14, 4)
     assert dims.mlp_matrices == (3 if "2.5" in name else 2)  # Qwen2.5-VL's MLP is gated

@@ -7,6 +7,7 @@ import ipcv
 from pipeline.measure.flop_count import PREFILL, VISION, flop_counter_flops, fvcore_flops
 from pipeline.measure.llm_flops import LLMDims, prefill_flops, record_llm_layout
 from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
+from pipeline.models import family_of
 from pipeline.models.qwen_vl import random_patches
 from tests.conftest import multimodal_request, tiny
 
@@ -19,13 +20,15 @@ SETTINGS = [
 
 
 def analytic(model, request, handle):
-    tower, lm = model.model.visual, model.model.language_model
-    with torch.no_grad(), record_vision_layout(tower) as vl, record_llm_layout(lm, model.lm_head) as ll:
+    """The analytic formulas' vision and prefill FLOPs of one forward of a whole model (any family)."""
+    family = family_of(model)
+    lm = family.language_model(model)
+    with torch.no_grad(), record_vision_layout(model) as vl, record_llm_layout(lm, model.lm_head) as ll:
         model(**request, use_cache=False, logits_to_keep=1)
     vstats = handle.vision_stats if handle else None
     lstats = handle.llm_stats if handle else None
     return {
-        VISION: vision_flops(vision_dims(tower), vl, vstats.neighbor_search_flops if vstats else 0)["total"],
+        VISION: vision_flops(vision_dims(model), vl, vstats.neighbor_search_flops if vstats else 0)["total"],
         PREFILL: prefill_flops(LLMDims.from_config(lm.config), ll, lstats.selection_flops if lstats else 0)["total"],
     }
 

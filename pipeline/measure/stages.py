@@ -25,7 +25,7 @@ import ipcv
 from ipcv.llm import cache_bytes
 from pipeline.measure.flop_count import PREFILL, VISION, flop_counter_flops, fvcore_flops
 from pipeline.measure.llm_flops import prefill_flops, record_llm_layout
-from pipeline.measure.timing import StageClock, Timing, clock_name, provenance, summarize
+from pipeline.measure.timing import Span, StageClock, Timing, clock_name, provenance, span_ends, summarize
 from pipeline.measure.vision_flops import record_vision_layout, vision_flops
 from pipeline.models import ModelFamily, RequestSpec, family_of, to_device
 
@@ -96,15 +96,16 @@ def _stage(name: str, request: dict[str, torch.Tensor]) -> Iterator[None]:
 class _PeakMemory:
     """Peak allocated bytes inside each call of the given modules (GPU), from forward hooks."""
 
-    def __init__(self, stages: dict[str, nn.Module], device: torch.device) -> None:
+    def __init__(self, stages: dict[str, Span], device: torch.device) -> None:
         self.stages, self.device = stages, device
         self.peaks: dict[str, list[int]] = {n: [] for n in stages}
         self._handles: list[Any] = []
 
     def __enter__(self) -> _PeakMemory:
-        for name, module in self.stages.items():
-            self._handles.append(module.register_forward_pre_hook(lambda m, a: torch.cuda.reset_peak_memory_stats(self.device)))
-            self._handles.append(module.register_forward_hook(
+        for name, span in self.stages.items():
+            first, last = span_ends(span)
+            self._handles.append(first.register_forward_pre_hook(lambda m, a: torch.cuda.reset_peak_memory_stats(self.device)))
+            self._handles.append(last.register_forward_hook(
                 lambda m, a, o, n=name: self.peaks[n].append(torch.cuda.max_memory_allocated(self.device))
             ))
         return self
@@ -162,6 +163,7 @@ class _Measurement:
         self.family: ModelFamily = family_of(model)
         self.builder = self.family.request_builder(model, processor)
         self.tower = self.family.tower(model)
+        self.vision_span = self.family.vision_span(model)
         self.lm = self.family.language_model(model)
         self.device = next(model.parameters()).device
         self.request = to_device(self.builder(spec), model)
@@ -179,17 +181,17 @@ class _Measurement:
         """Tokens per stage and analytic FLOPs from one instrumented prefill forward."""
         model, stages, request = self.model, self.report.stages, self.request
         with _stage("prefill", request), torch.inference_mode():
-            with record_vision_layout(self.tower) as vis_layout, \
+            with record_vision_layout(model) as vis_layout, \
                     record_llm_layout(self.lm, self.family.lm_head(model)) as llm_layout:
                 out = model(**request, logits_to_keep=1)
         vstats = self.handle.vision_stats if self.handle else None
         lstats = self.handle.llm_stats if self.handle else None
-        patches = self.family.patch_count(request)
+        encoder_in, to_merger, to_llm = self.family.vision_tokens(model, request)
         stages["vision"].tokens = {
-            "patches_in": patches,
-            "kept_after_prune_layer": vstats.total_kept if vstats else patches,
-            "to_merger": patches,
-            "visual_tokens_out": self.family.visual_tokens(patches),
+            "patches_in": encoder_in,
+            "kept_after_prune_layer": vstats.total_kept if vstats else encoder_in,
+            "to_merger": to_merger,
+            "visual_tokens_out": to_llm,
         }
         vision_ids = torch.tensor(self.family.vision_token_ids(model), device=self.device)
         n_visual = int(torch.isin(request["input_ids"], vision_ids).sum())
@@ -204,7 +206,7 @@ class _Measurement:
         self.report.kv_cache_bytes = lstats.kv_cache_bytes if lstats else cache_bytes(getattr(out, "past_key_values", None))
         del out
         stages["vision"].flops["analytic"] = vision_flops(
-            self.family.vision_dims(self.tower.config), vis_layout, vstats.neighbor_search_flops if vstats else 0
+            self.family.vision_dims(model), vis_layout, vstats.neighbor_search_flops if vstats else 0
         )["total"]
         stages["prefill"].flops["analytic"] = prefill_flops(
             self.family.llm_dims(self.lm.config), llm_layout, lstats.selection_flops if lstats else 0
@@ -219,7 +221,7 @@ class _Measurement:
         settings, device = self.settings, self.device
         samples: dict[str, list[float]] = {name: [] for name in STAGES}
         per_token: list[float] = []
-        with StageClock({"vision": self.tower, "llm": self.lm}, device) as clock:
+        with StageClock({"vision": self.vision_span, "llm": self.lm}, device) as clock:
             for run in range(settings.warmup + settings.repeats):
                 _sync(device)
                 t0 = time.perf_counter()
@@ -262,7 +264,7 @@ class _Measurement:
         if self.device.type != "cuda":
             self.report.not_measured.append("peak memory: not measured on CPU (no allocator statistics)")
             return
-        with _PeakMemory({"vision": self.tower, "llm": self.lm}, self.device) as peaks, torch.inference_mode():
+        with _PeakMemory({"vision": self.vision_span, "llm": self.lm}, self.device) as peaks, torch.inference_mode():
             self.model.generate(**self.request, **self.generate_kwargs)
         stages["vision"].peak_memory_bytes = max(peaks.peaks["vision"])
         stages["prefill"].peak_memory_bytes = peaks.peaks["llm"][0]

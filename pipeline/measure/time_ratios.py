@@ -53,7 +53,7 @@ def stage_time_ratios(model: nn.Module, request: dict[str, torch.Tensor], vision
     """``{"vision": estimate, "prefill": estimate}``, patched over unpatched, from ``repeats``
     interleaved pairs of prefill forwards after two warm-up pairs."""
     family = family_of(model)
-    stages = {"vision": family.tower(model), "prefill": family.language_model(model)}
+    stages = {"vision": family.vision_span(model), "prefill": family.language_model(model)}
     device = next(model.parameters()).device
     ratios: dict[str, list[float]] = {s: [] for s in stages}
     with StageClock(stages, device) as clock:

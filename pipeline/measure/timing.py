@@ -72,12 +72,21 @@ def time_call(fn: Callable[[], Any], device: torch.device, warmup: int = 3, repe
     return summarize(samples, warmup, clock_name(device))
 
 
+Span = torch.nn.Module | tuple[torch.nn.Module, torch.nn.Module]
+
+
+def span_ends(span: Span) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """A stage as (the module whose call opens it, the module whose call closes it): one module,
+    or two where a stage runs over consecutive modules (InternVL: vision tower, then projector)."""
+    return span if isinstance(span, tuple) else (span, span)
+
+
 class StageClock:
     """Times the calls of given modules (e.g. the vision tower and the language model) from
     forward hooks: CUDA events on GPU, read after one synchronisation in ``take()``;
     ``perf_counter`` on CPU. Hooks are removed on exit."""
 
-    def __init__(self, stages: dict[str, torch.nn.Module], device: torch.device) -> None:
+    def __init__(self, stages: dict[str, Span], device: torch.device) -> None:
         self.stages = stages
         self.device = device
         self._open: dict[str, Any] = {}
@@ -92,9 +101,10 @@ class StageClock:
         return time.perf_counter()
 
     def __enter__(self) -> StageClock:
-        for name, module in self.stages.items():
-            self._handles.append(module.register_forward_pre_hook(lambda m, a, n=name: self._start(n)))
-            self._handles.append(module.register_forward_hook(lambda m, a, o, n=name: self._stop(n), always_call=True))
+        for name, span in self.stages.items():
+            first, last = span_ends(span)
+            self._handles.append(first.register_forward_pre_hook(lambda m, a, n=name: self._start(n)))
+            self._handles.append(last.register_forward_hook(lambda m, a, o, n=name: self._stop(n), always_call=True))
         return self
 
     def _start(self, name: str) -> None:

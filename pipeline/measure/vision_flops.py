@@ -2,9 +2,10 @@
 
 Convention: one multiply-add is 2 FLOPs; only matrix products are counted (patch embedding,
 q/k/v and output projections, attention scores and weighted sum, MLP, merger, and IPCV's distance
-matrix). Norms, activations, softmax, rotary embeddings and NGR's gathers are elementwise and
-left out. Attention is counted per attended sequence as ``sum(l_i^2)``: per image/frame for
-full-attention blocks and per window for Qwen2.5-VL's window blocks.
+matrix; InternVL's projector after the pixel shuffle counts as the merger). Norms, activations,
+softmax, rotary embeddings and NGR's gathers are elementwise and left out. Attention is counted
+per attended sequence as ``sum(l_i^2)``: per image/frame for full-attention blocks, per window
+for Qwen2.5-VL's window blocks and per tile for InternViT.
 
 The token layout is read, not assumed: forward pre-hooks on each block's attention and MLP
 record how many tokens entered them and the sequences attention ran within (the family adapter
@@ -26,10 +27,9 @@ from pipeline.models import VisionDims, family_of
 __all__ = ["BlockLayout", "VisionDims", "VisionLayout", "record_vision_layout", "vision_dims", "vision_flops"]
 
 
-def vision_dims(tower: nn.Module) -> VisionDims:
+def vision_dims(model: nn.Module) -> VisionDims:
     """The formula's sizes for a vision tower (or a whole model), from its family adapter."""
-    family = family_of(tower)
-    return family.vision_dims(family.tower(tower).config)
+    return family_of(model).vision_dims(model)
 
 
 @dataclass
@@ -45,42 +45,50 @@ class VisionLayout:
 
     blocks: list[BlockLayout]
     patch_tokens: int = 0
-    merger_tokens: int = 0
+    merger_tokens: int = 0  # patches entering the merger (its input values / the encoder's width)
+
+
+def _tokens(x) -> int:
+    """Tokens of a ``[..., D]`` tensor, packed ``[N, D]`` or batched ``[T, L, D]``."""
+    return x.numel() // x.shape[-1]
 
 
 @contextmanager
-def record_vision_layout(tower: nn.Module) -> Iterator[VisionLayout]:
-    """Record the token layout of the next forward(s) of ``tower`` (the last one wins)."""
-    family = family_of(tower)
-    blocks, patch_embed, merger = family.layout_modules(tower)
+def record_vision_layout(model: nn.Module) -> Iterator[VisionLayout]:
+    """Record the token layout of the next forward(s) of a vision tower or of a whole model's
+    vision stage (the last one wins)."""
+    family = family_of(model)
+    blocks, patch_embed, merger = family.layout_modules(model)
+    width = family.vision_dims(model).width
     layout = VisionLayout(blocks=[BlockLayout() for _ in blocks])
     handles = []
 
     def on_attn(i: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict) -> None:
             hidden = args[0] if args else kwargs["hidden_states"]
-            layout.blocks[i].attn_tokens = int(hidden.shape[0])
+            layout.blocks[i].attn_tokens = _tokens(hidden)
             layout.blocks[i].attn_segments = family.attention_segments(hidden, args, kwargs)
 
         return hook
 
     def on_mlp(i: int):
         def hook(module: nn.Module, args: tuple) -> None:
-            layout.blocks[i].mlp_tokens = int(args[0].shape[0])
+            layout.blocks[i].mlp_tokens = _tokens(args[0])
 
         return hook
 
     def on_patch(module: nn.Module, args: tuple, output) -> None:
-        layout.patch_tokens = int(output.shape[0])
+        layout.patch_tokens = _tokens(output)
 
     def on_merger(module: nn.Module, args: tuple) -> None:
-        layout.merger_tokens = int(args[0].shape[0])
+        layout.merger_tokens = args[0].numel() // width
 
     for i, (attn, mlp) in enumerate(blocks):
         handles.append(attn.register_forward_pre_hook(on_attn(i), with_kwargs=True))
         handles.append(mlp.register_forward_pre_hook(on_mlp(i)))
     handles.append(patch_embed.register_forward_hook(on_patch))
-    handles.append(merger.register_forward_pre_hook(on_merger))
+    if merger is not None:
+        handles.append(merger.register_forward_pre_hook(on_merger))
     try:
         yield layout
     finally:
@@ -105,6 +113,7 @@ def vision_flops(dims: VisionDims, layout: VisionLayout, ipcv_overhead: int = 0)
         parts["mlp"] += 2 * dims.mlp_matrices * block.mlp_tokens * d * dims.mlp_hidden
     groups = layout.merger_tokens // dims.merge_unit
     merged = d * dims.merge_unit
-    parts["merger"] = 2 * groups * merged * merged + 2 * groups * merged * dims.out_width
+    hidden = dims.merger_hidden or merged
+    parts["merger"] = 2 * groups * merged * hidden + 2 * groups * hidden * dims.out_width
     parts["total"] = sum(parts.values())
     return parts

@@ -65,7 +65,8 @@ class VisionDims:
     mlp_matrices: int  # 2 for a plain MLP (fc1, fc2); 3 for a gated one (gate, up, down)
     patch_inputs: int  # input values of one patch (channels x temporal patch x patch x patch)
     merge_unit: int  # patches merged into one LLM token
-    out_width: int
+    out_width: int  # the merger's output (0: no merger, e.g. an InternViT tower alone)
+    merger_hidden: int = 0  # the merger's first projection's output; 0: as wide as its input (Qwen-VL)
 
 
 @dataclass(frozen=True)
@@ -118,6 +119,9 @@ class ModelFamily:
         """The vision tower alone of an architecture size (for encoder-only benchmarks)."""
         raise NotImplementedError
 
+    def check_vision_settings(self, values: dict[str, Any]) -> None:
+        """Refuse (ValueError) IPCV settings this family cannot serve, before a sweep runs."""
+
     def depths(self, config: dict[str, Any]) -> tuple[int, int] | None:
         """(vision blocks, decoder layers) from a checkpoint's ``config.json`` contents, or None."""
         return None
@@ -139,6 +143,12 @@ class ModelFamily:
     def vision_token_ids(self, model: nn.Module) -> tuple[int, ...]:
         return self.method.find_language_side(model).vision_token_ids
 
+    def vision_span(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
+        """The modules whose first call opens and whose last call closes the vision stage (the
+        tower for Qwen-VL; the tower then the projector for families whose merger is outside it)."""
+        tower = self.tower(model)
+        return tower, tower
+
     def stage_modules(self, model: nn.Module) -> dict[str, list[nn.Module]]:
         """Modules whose calls make up the vision and prefill stages."""
         head = self.lm_head(model)
@@ -146,18 +156,22 @@ class ModelFamily:
                 "prefill": [self.language_model(model)] + ([head] if head is not None else [])}
 
     # -- analytic FLOPs parameters --------------------------------------------------------------
-    def vision_dims(self, tower_config: Any) -> VisionDims:
+    def vision_dims(self, model: nn.Module) -> VisionDims:
+        """The vision formula's sizes for a whole model or its tower alone."""
         raise NotImplementedError
 
     def llm_dims(self, text_config: Any) -> LLMDims:
         return LLMDims.from_config(text_config)
 
-    def visual_tokens(self, patches: int) -> int:
-        """LLM tokens made from ``patches`` vision-encoder tokens (after the merger)."""
+    def vision_tokens(self, model: nn.Module, request: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+        """Tokens of a built request's pixels: (entering the encoder, entering the merger, handed to
+        the LLM). They differ where an encoder adds tokens the merger drops (InternViT's CLS)."""
         raise NotImplementedError
 
-    def layout_modules(self, tower: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module]], nn.Module, nn.Module]:
-        """``([(attention, mlp) per block], patch embedding, merger)``: where token counts are read."""
+    def layout_modules(self, model: nn.Module
+                       ) -> tuple[list[tuple[nn.Module, nn.Module]], nn.Module, nn.Module | None]:
+        """``([(attention, mlp) per block], patch embedding, merger)`` of a whole model or its tower
+        alone: where token counts are read (merger ``None`` where the tower alone has none)."""
         raise NotImplementedError
 
     def attention_segments(self, hidden: torch.Tensor, args: tuple, kwargs: dict) -> list[int]:
@@ -175,10 +189,6 @@ class ModelFamily:
 
     def vision_input_call(self, inp: Any) -> tuple[tuple, dict[str, Any]]:
         """Arguments that call the tower alone on a ``VisionInput``."""
-        raise NotImplementedError
-
-    def patch_count(self, request: dict[str, torch.Tensor]) -> int:
-        """Vision-encoder tokens (patches) a built request holds."""
         raise NotImplementedError
 
     def tower_call(self, request: dict[str, torch.Tensor]) -> tuple[tuple, dict[str, Any]]:

@@ -29,7 +29,7 @@ from torch import nn
 
 from ipcv.families.qwen_vl import QWEN2_5_VL, QWEN2_VL, QwenVLFamily
 from pipeline.models.family import ModelFamily, Requirements, VisionDims
-from pipeline.models.requests import RequestSpec, TinyTokenizer, VisionInput
+from pipeline.models.requests import AnswerDecoding, RequestSpec, TinyTokenizer, VisionInput
 
 PATCH, TEMPORAL, MERGE = 14, 2, 2
 GEOMETRY = dict(patch_size=PATCH, temporal_patch_size=TEMPORAL, spatial_merge_size=MERGE)
@@ -139,7 +139,7 @@ def _patchify(frames: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(x).reshape(gt * gh * gw, c * TEMPORAL * PATCH * PATCH))
 
 
-class QwenRequestBuilder:
+class QwenRequestBuilder(AnswerDecoding):
     """Turns a ``RequestSpec`` into Qwen-VL model inputs (the ``preprocess`` stage)."""
 
     def __init__(self, model: nn.Module, processor: Any | None = None) -> None:
@@ -192,15 +192,6 @@ class QwenRequestBuilder:
             "mm_token_type_ids": torch.tensor([types + [0] * len(text)]),
             **vision,
         }
-
-    def decode(self, ids: list[int]) -> str:
-        """Generated ids as text (the answer a benchmark scores)."""
-        if self.processor is not None:
-            return self.processor.batch_decode([ids], skip_special_tokens=True)[0].strip()
-        if self.text_tokenizer is not None:
-            return self.text_tokenizer.decode(ids, skip_special_tokens=True).strip()
-        eos = self.eos if isinstance(self.eos, list) else [self.eos]
-        return self.tokenizer.decode([i for i in ids if i not in eos])
 
     def _with_tokenizer(self, spec: RequestSpec, spans: torch.Tensor, token: int) -> dict[str, torch.Tensor]:
         """The chat the processor would write, placeholders expanded to the merged-token count of
@@ -282,13 +273,15 @@ class QwenVL(ModelFamily):
         tower_class = next(c for c in _tower_classes() if c.__name__ in self.method.tower_classes)
         return tower_class(vision_config)
 
-    def vision_dims(self, tower_config: Any) -> VisionDims:
-        return self._dims(tower_config)
+    def vision_dims(self, model: nn.Module) -> VisionDims:
+        return self._dims(self.tower(model).config)
 
-    def visual_tokens(self, patches: int) -> int:
-        return patches // (MERGE * MERGE)
+    def vision_tokens(self, model: nn.Module, request: dict[str, torch.Tensor]) -> tuple[int, int, int]:
+        patches = int(self._grid(request).prod(dim=-1).sum())
+        return patches, patches, patches // (MERGE * MERGE)
 
-    def layout_modules(self, tower: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module]], nn.Module, nn.Module]:
+    def layout_modules(self, model: nn.Module) -> tuple[list[tuple[nn.Module, nn.Module]], nn.Module, nn.Module]:
+        tower = self.tower(model)
         blocks = [self.method.attention_and_mlp(b) for b in self.method.blocks(tower)]
         return blocks, tower.patch_embed, tower.merger
 
@@ -309,9 +302,6 @@ class QwenVL(ModelFamily):
 
     def _grid(self, request: dict[str, torch.Tensor]) -> torch.Tensor:
         return request.get("image_grid_thw", request.get("video_grid_thw"))
-
-    def patch_count(self, request: dict[str, torch.Tensor]) -> int:
-        return int(self._grid(request).prod(dim=-1).sum())
 
     def tower_call(self, request: dict[str, torch.Tensor]) -> tuple[tuple, dict[str, Any]]:
         pixels = request.get("pixel_values", request.get("pixel_values_videos"))

@@ -12,9 +12,10 @@ from pathlib import Path
 from torch import nn
 
 from pipeline.models.family import ModelFamily, Requirements
+from pipeline.models.internvl import INTERNVL3_STUDY
 from pipeline.models.qwen_vl import QWEN2_5_VL_STUDY, QWEN2_VL_STUDY
 
-FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL_STUDY, QWEN2_5_VL_STUDY)
+FAMILIES: tuple[ModelFamily, ...] = (QWEN2_VL_STUDY, QWEN2_5_VL_STUDY, INTERNVL3_STUDY)
 
 
 def family_of(model: nn.Module) -> ModelFamily:
@@ -46,14 +47,24 @@ def _local_config(name: str) -> dict | None:
     return data if isinstance(data, dict) else None
 
 
-def model_depths(name: str) -> tuple[int, int] | None:
-    """(vision blocks, decoder layers) of a preset or a local checkpoint, without loading it;
-    None when they cannot be known here (a hub id)."""
+def model_depths(name: str, overrides: dict[str, dict] | None = None) -> tuple[int, int] | None:
+    """(vision blocks, decoder layers) of a preset, a local checkpoint or a published checkpoint's
+    hub id (with a random-weight build's ``overrides``), without loading it; None when they cannot
+    be known here (another hub id)."""
+    from pipeline.models.architectures import ARCHITECTURES, has_architecture
+
     for family in FAMILIES:
         if name in family.presets:
             return family.size_depths(family.presets[name])
     family, config = family_for_name(name), _local_config(name)
-    return family.depths(config) if family and config else None
+    if family and config:
+        return family.depths(config)
+    if config is None and has_architecture(name):  # a published checkpoint's hub id: its architecture's depths
+        arch = next(a for a in ARCHITECTURES if a.matches(name))
+        spec, overrides = arch.family.size_spec(arch.size), overrides or {}
+        return arch.family.depths({"vision_config": {**spec["vision"], **overrides.get("vision", {})},
+                                   "text_config": {**spec["text"], **overrides.get("text", {})}})
+    return None
 
 
 def family_for_name(name: str) -> ModelFamily | None:

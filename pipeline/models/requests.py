@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -39,11 +39,30 @@ class VisionInput:
     """Pixels and layout for calling a vision tower alone, as its family lays them out."""
 
     pixel_values: torch.Tensor
-    grid_thw: torch.Tensor
+    grid_thw: torch.Tensor | None  # Qwen-VL's [t, h, w] per image or video; None for fixed tiles (InternVL)
     description: str
 
     def to(self, device: torch.device | str, dtype: torch.dtype) -> VisionInput:
-        return VisionInput(self.pixel_values.to(device, dtype), self.grid_thw.to(device), self.description)
+        grid = self.grid_thw.to(device) if self.grid_thw is not None else None
+        return VisionInput(self.pixel_values.to(device, dtype), grid, self.description)
+
+
+class AnswerDecoding:
+    """Generated ids as the answer text a benchmark scores, whichever way the builder tokenises:
+    a checkpoint's processor, its tokenizer alone, or the word tokenizer of random weights."""
+
+    processor: Any | None
+    text_tokenizer: Any | None
+    tokenizer: TinyTokenizer
+    eos: int | list[int]
+
+    def decode(self, ids: list[int]) -> str:
+        if self.processor is not None:
+            return self.processor.batch_decode([ids], skip_special_tokens=True)[0].strip()
+        if self.text_tokenizer is not None:
+            return self.text_tokenizer.decode(ids, skip_special_tokens=True).strip()
+        eos = self.eos if isinstance(self.eos, list) else [self.eos]
+        return self.tokenizer.decode([i for i in ids if i not in eos])
 
 
 class RequestBuilder(Protocol):

@@ -14,7 +14,7 @@ from typing import Any
 
 import ipcv
 from pipeline import methods
-from pipeline.models import model_depths
+from pipeline.models import family_for_name, model_depths
 from pipeline.sweep.spec import ModelSpec, ProfileError, SweepSpec
 
 
@@ -135,7 +135,7 @@ def expand(spec: SweepSpec) -> list[Cell]:
         evaluation = {"max_new_tokens": spec.evaluation.max_new_tokens,
                       "tasks": [t.cell_config() for t in spec.evaluation.tasks]}
     for model in spec.models:
-        _check_depths(model.name, visions, llms)
+        _check_settings(model, visions, llms)
     cells: dict[str, Cell] = {}
     for model in spec.models:
         for inp in _inputs(spec):
@@ -147,10 +147,18 @@ def expand(spec: SweepSpec) -> list[Cell]:
     return list(cells.values())
 
 
-def _check_depths(model: str, visions: list[dict[str, Any]], llms: list[dict[str, Any]]) -> None:
-    """Settings that name blocks or layers a model does not have fail here, before anything runs,
-    for models whose depths are known without loading them (presets, local checkpoints)."""
-    depths = model_depths(model)
+def _check_settings(spec: ModelSpec, visions: list[dict[str, Any]], llms: list[dict[str, Any]]) -> None:
+    """Settings that name blocks or layers a model does not have, or that its family cannot serve
+    (InternVL: a per-image budget), fail here, before anything runs, for models whose family or
+    depths are known without loading them (presets, local checkpoints, published architectures)."""
+    model = spec.name
+    family = family_for_name(model)
+    for values in visions if family else []:
+        try:
+            family.check_vision_settings(values)
+        except ValueError as err:
+            raise ProfileError(f"methods.ipcv: {err} (model {model})") from None
+    depths = model_depths(model, spec.overrides)
     if depths is None:
         return
     vision_depth, llm_layers = depths
