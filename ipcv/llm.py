@@ -75,17 +75,17 @@ class _Pruned:
 
     def rows(self, x: torch.Tensor, dim: int = 1) -> torch.Tensor:
         """Select the kept positions along ``dim`` (the sequence axis) of a [B, S, ...] tensor."""
-        index = self.keep
+        index = self.keep.to(x.device)  # a model spread over GPUs may hold x on another one
         shape = [1] * x.dim()
         shape[0], shape[dim] = index.shape
         index = index.reshape(shape).expand(*[x.shape[d] if d not in (0, dim) else -1 for d in range(x.dim())])
         return x.gather(dim, index)
 
-    def key_columns(self, kv_length: int) -> torch.Tensor:
+    def key_columns(self, kv_length: int, device: torch.device) -> torch.Tensor:
         """Key positions a pruned layer holds when the full sequence has ``kv_length`` keys."""
-        batch = self.keep.shape[0]
-        after = torch.arange(self.prefill_length, kv_length, device=self.keep.device)
-        return torch.cat([self.keep, after.expand(batch, -1)], dim=1)
+        keep = self.keep.to(device)
+        after = torch.arange(self.prefill_length, kv_length, device=device)
+        return torch.cat([keep, after.expand(keep.shape[0], -1)], dim=1)
 
     def mask(self, mask: Any, prefill: bool) -> Any:
         if not isinstance(mask, torch.Tensor):
@@ -93,15 +93,15 @@ class _Pruned:
 
         def make() -> torch.Tensor:
             if mask.dim() == 2:  # [B, KV] padding mask (flash attention)
-                return mask.gather(1, self.key_columns(mask.shape[1]))
+                return mask.gather(1, self.key_columns(mask.shape[1], mask.device))
             if mask.dim() != 4:
                 raise ValueError(f"unexpected attention mask shape {tuple(mask.shape)}")
             batch_index = torch.arange(mask.shape[0], device=mask.device)[:, None]
-            cols = self.key_columns(mask.shape[-1])
+            cols = self.key_columns(mask.shape[-1], mask.device)
             restricted = mask.expand(self.keep.shape[0], -1, -1, -1) if mask.shape[0] == 1 else mask
             restricted = restricted[batch_index, :, :, cols].permute(0, 2, 3, 1)  # [B, H, Q, S']
             if prefill:
-                rows = self.keep
+                rows = self.keep.to(mask.device)
                 restricted = restricted[batch_index, :, rows].permute(0, 2, 1, 3)  # [B, H, S', S']
             return restricted
 

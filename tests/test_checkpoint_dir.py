@@ -101,3 +101,18 @@ def test_a_sweep_cell_runs_from_the_directory(checkpoint, tmp_path):
     rows = pd.read_parquet(summary.results)
     assert summary.ok == 2 and (rows.status == "ok").all(), rows.error.tolist()
     assert (rows.weights == "checkpoint").all()
+
+
+def test_a_checkpoint_loads_spread_by_the_sharding_plan(checkpoint):
+    """The multi-GPU load path (config on the meta device, the plan, transformers' device-map
+    load) with the CPU as the only device: the same logits as the plain load."""
+    import torch
+
+    from pipeline.models.loading import load_sharded_checkpoint
+    from pipeline.models.sharding import GiB
+
+    plain = load_model(str(checkpoint), dtype="float32")
+    sharded = load_sharded_checkpoint(str(checkpoint), {"cpu": GiB}, "float32", "sdpa")
+    request = family_of(plain).request_builder(plain, load_processor(str(checkpoint)))(synthetic_spec(448))
+    with torch.no_grad():
+        assert torch.equal(sharded(**request, logits_to_keep=1).logits, plain(**request, logits_to_keep=1).logits)

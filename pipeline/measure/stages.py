@@ -25,7 +25,7 @@ import ipcv
 from ipcv.llm import cache_bytes
 from pipeline.measure.flop_count import PREFILL, VISION, flop_counter_flops, fvcore_flops
 from pipeline.measure.llm_flops import prefill_flops, record_llm_layout
-from pipeline.measure.timing import Span, StageClock, Timing, clock_name, provenance, span_ends, summarize
+from pipeline.measure.timing import Span, StageClock, Timing, provenance, span_ends, summarize
 from pipeline.measure.vision_flops import record_vision_layout, vision_flops
 from pipeline.models import ModelFamily, RequestSpec, family_of, to_device
 
@@ -54,7 +54,8 @@ class MeasureSettings:
 @dataclass
 class StageReport:
     time: Timing | None = None
-    peak_memory_bytes: int | None = None
+    peak_memory_bytes: int | None = None  # summed over the GPUs of a model spread over several
+    peak_memory_by_device: dict[str, int] | None = None  # each GPU's own peak (several GPUs only)
     flops: dict[str, int | None] = field(default_factory=dict)
     tokens: dict[str, Any] = field(default_factory=dict)
 
@@ -94,25 +95,40 @@ def _stage(name: str, request: dict[str, torch.Tensor]) -> Iterator[None]:
 
 
 class _PeakMemory:
-    """Peak allocated bytes inside each call of the given modules (GPU), from forward hooks."""
+    """Peak allocated bytes inside each call of the given stages (GPU), per device of the model,
+    from forward hooks: each device's peak statistic is reset when a stage opens and read when it
+    closes."""
 
-    def __init__(self, stages: dict[str, Span], device: torch.device) -> None:
-        self.stages, self.device = stages, device
-        self.peaks: dict[str, list[int]] = {n: [] for n in stages}
+    def __init__(self, stages: dict[str, Span], devices: list[torch.device]) -> None:
+        self.stages, self.devices = stages, [d for d in devices if d.type == "cuda"]
+        self.peaks: dict[str, list[dict[str, int]]] = {n: [] for n in stages}
         self._handles: list[Any] = []
+
+    def _reset(self) -> None:
+        for device in self.devices:
+            torch.cuda.reset_peak_memory_stats(device)
+
+    def _read(self, name: str) -> None:
+        self.peaks[name].append({str(d): torch.cuda.max_memory_allocated(d) for d in self.devices})
 
     def __enter__(self) -> _PeakMemory:
         for name, span in self.stages.items():
             first, last = span_ends(span)
-            self._handles.append(first.register_forward_pre_hook(lambda m, a: torch.cuda.reset_peak_memory_stats(self.device)))
-            self._handles.append(last.register_forward_hook(
-                lambda m, a, o, n=name: self.peaks[n].append(torch.cuda.max_memory_allocated(self.device))
-            ))
+            self._handles.append(first.register_forward_pre_hook(lambda m, a: self._reset()))
+            self._handles.append(last.register_forward_hook(lambda m, a, o, n=name: self._read(n)))
         return self
 
     def __exit__(self, *exc: Any) -> None:
         for h in self._handles:
             h.remove()
+
+    def record(self, report: StageReport, calls: list[dict[str, int]]) -> None:
+        """The largest call's peak on each device, and their sum, into a stage's report."""
+        if not calls:
+            return
+        per_device = {d: max(call[d] for call in calls) for d in calls[0]}
+        report.peak_memory_bytes = sum(per_device.values())
+        report.peak_memory_by_device = per_device if len(per_device) > 1 else None
 
 
 def measure_request(
@@ -166,6 +182,7 @@ class _Measurement:
         self.vision_span = self.family.vision_span(model)
         self.lm = self.family.language_model(model)
         self.device = next(model.parameters()).device
+        self.devices = list(dict.fromkeys(p.device for p in model.parameters()))
         self.request = to_device(self.builder(spec), model)
         self.generate_kwargs = dict(max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.max_new_tokens,
                                     do_sample=False)
@@ -221,7 +238,7 @@ class _Measurement:
         settings, device = self.settings, self.device
         samples: dict[str, list[float]] = {name: [] for name in STAGES}
         per_token: list[float] = []
-        with StageClock({"vision": self.vision_span, "llm": self.lm}, device) as clock:
+        with StageClock({"vision": self.vision_span, "llm": self.lm}, device, self.devices) as clock:
             for run in range(settings.warmup + settings.repeats):
                 _sync(device)
                 t0 = time.perf_counter()
@@ -240,7 +257,7 @@ class _Measurement:
                 samples["prefill"].append(calls["llm"][0])
                 samples["decode"].append(sum(calls["llm"][1:]))
                 per_token += calls["llm"][1:]
-        clock_label = clock_name(device)
+        clock_label = clock.label
         for name, values in samples.items():
             label = "cpu-perf_counter" if name in ("preprocess", "e2e") else clock_label
             self.report.stages[name].time = summarize(values, settings.warmup, label)
@@ -264,11 +281,11 @@ class _Measurement:
         if self.device.type != "cuda":
             self.report.not_measured.append("peak memory: not measured on CPU (no allocator statistics)")
             return
-        with _PeakMemory({"vision": self.vision_span, "llm": self.lm}, self.device) as peaks, torch.inference_mode():
+        with _PeakMemory({"vision": self.vision_span, "llm": self.lm}, self.devices) as peaks, torch.inference_mode():
             self.model.generate(**self.request, **self.generate_kwargs)
-        stages["vision"].peak_memory_bytes = max(peaks.peaks["vision"])
-        stages["prefill"].peak_memory_bytes = peaks.peaks["llm"][0]
-        stages["decode"].peak_memory_bytes = max(peaks.peaks["llm"][1:], default=None)
+        peaks.record(stages["vision"], peaks.peaks["vision"])
+        peaks.record(stages["prefill"], peaks.peaks["llm"][:1])
+        peaks.record(stages["decode"], peaks.peaks["llm"][1:])
 
 
 def _other_flop_routes(model: nn.Module, request: dict[str, torch.Tensor], report: RequestReport) -> None:

@@ -84,20 +84,34 @@ def span_ends(span: Span) -> tuple[torch.nn.Module, torch.nn.Module]:
 class StageClock:
     """Times the calls of given modules (e.g. the vision tower and the language model) from
     forward hooks: CUDA events on GPU, read after one synchronisation in ``take()``;
-    ``perf_counter`` on CPU. Hooks are removed on exit."""
+    ``perf_counter`` on CPU. A model spread over several GPUs (``devices``) is timed with
+    ``perf_counter`` after synchronising all of them at each stage boundary: an event records on
+    one GPU's stream only and would miss the work queued on the others. Hooks are removed on exit."""
 
-    def __init__(self, stages: dict[str, Span], device: torch.device) -> None:
+    def __init__(self, stages: dict[str, Span], device: torch.device,
+                 devices: list[torch.device] | None = None) -> None:
         self.stages = stages
         self.device = device
+        self.gpus = [d for d in devices or [] if d.type == "cuda"]
+        self.events = device.type == "cuda" and len(self.gpus) <= 1
         self._open: dict[str, Any] = {}
         self._done: dict[str, list[Any]] = {name: [] for name in stages}
         self._handles: list[Any] = []
 
+    @property
+    def label(self) -> str:
+        """The clock, as rows and reports name it."""
+        if self.events or self.device.type != "cuda":
+            return clock_name(self.device)
+        return f"perf_counter-synced-{len(self.gpus)}-gpus"
+
     def _now(self) -> Any:
-        if self.device.type == "cuda":
+        if self.events:
             event = torch.cuda.Event(enable_timing=True)
             event.record()
             return event
+        for gpu in self.gpus:
+            torch.cuda.synchronize(gpu)
         return time.perf_counter()
 
     def __enter__(self) -> StageClock:
@@ -121,7 +135,7 @@ class StageClock:
 
     def take(self) -> dict[str, list[float]]:
         """Milliseconds of every call since the last ``take``, per stage."""
-        if self.device.type == "cuda":
+        if self.events:
             torch.cuda.synchronize(self.device)
             out = {n: [a.elapsed_time(b) for a, b in pairs] for n, pairs in self._done.items()}
         else:

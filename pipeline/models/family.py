@@ -115,6 +115,10 @@ class ModelFamily:
         (``vision`` / ``text``: settings that override the size's, e.g. a reduced depth)."""
         raise NotImplementedError
 
+    def finish_random_init(self, model: nn.Module) -> None:
+        """What a random-weight build draws after the model's own initialisation (a whole model or
+        its tower), e.g. values the initialisation sets to a constant that would hide bugs."""
+
     def build_tower(self, size: str) -> nn.Module:
         """The vision tower alone of an architecture size (for encoder-only benchmarks)."""
         raise NotImplementedError

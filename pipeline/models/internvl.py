@@ -211,15 +211,23 @@ class InternVL3(ModelFamily):
         from transformers import InternVLForConditionalGeneration
 
         model = InternVLForConditionalGeneration(self.config(size, vision, text))
-        _draw_layer_scales(self.tower(model))
+        self.finish_random_init(model)
         return model
 
     def build_tower(self, size: str) -> nn.Module:
         from transformers import InternVLVisionConfig, InternVLVisionModel
 
         tower = InternVLVisionModel(InternVLVisionConfig(**{**self.size_spec(size)["vision"], **GEOMETRY}))
-        _draw_layer_scales(tower)
+        self.finish_random_init(tower)
         return tower
+
+    def finish_random_init(self, model: nn.Module) -> None:
+        """Layer scales drawn in [0.2, 1) instead of their constant initial value: a constant would
+        hide a swapped or missing scale from the tests that compare against the unpatched model."""
+        with torch.no_grad():
+            for block in INTERNVL.blocks(self.tower(model)):
+                block.lambda_1.uniform_(0.2, 1.0)
+                block.lambda_2.uniform_(0.2, 1.0)
 
     # -- where the stages are -------------------------------------------------------------------
     def projector(self, model: nn.Module) -> nn.Module | None:
@@ -282,15 +290,6 @@ class InternVL3(ModelFamily):
         """The patch tokens' outputs (CLS dropped) that the pixel shuffle and projector receive."""
         hidden = tower_output.last_hidden_state[:, CLS:]
         return hidden.reshape(-1, hidden.shape[-1])
-
-
-def _draw_layer_scales(tower: nn.Module) -> None:
-    """Layer scales drawn in [0.2, 1) instead of their constant initial value: a constant would
-    hide a swapped or missing scale from the tests that compare against the unpatched model."""
-    with torch.no_grad():
-        for block in INTERNVL.blocks(tower):
-            block.lambda_1.uniform_(0.2, 1.0)
-            block.lambda_2.uniform_(0.2, 1.0)
 
 
 INTERNVL3_STUDY = InternVL3()

@@ -108,20 +108,32 @@ def load_model(
     seed: int = 0,
     weights: str = "checkpoint",
     overrides: dict[str, dict[str, Any]] | None = None,
+    gpus: int = 1,
 ) -> nn.Module:
     """A preset by name; with ``weights="random"`` a published architecture by its checkpoint name
     (``pipeline/models/architectures.py``), built with seeded random weights directly on
     ``device`` in ``dtype`` (no download, no CPU copy; ``overrides``: ``{"vision": {...},
     "text": {...}}`` settings, e.g. a reduced depth); else a real checkpoint from a local path or
-    hub id."""
+    hub id. ``gpus > 1`` on CUDA spreads the model over the first ``gpus`` visible GPUs
+    (``pipeline/models/sharding.py``)."""
     if name_or_path in PRESETS:
         check_device(device)
         return build_tiny(name_or_path, seed=seed, dtype=dtype, attn_implementation=attn_implementation).to(device)
+    sharded = device.startswith("cuda") and gpus > 1
+    if sharded:
+        check_device(device)
+        from pipeline.models.sharding import gpu_budgets
+
+        budgets = gpu_budgets(gpus)
     if weights == "random":
         from pipeline.models.architectures import architecture_for
 
         arch = architecture_for(name_or_path)
         overrides = overrides or {}
+        if sharded:
+            return build_sharded(arch.family, arch.size, budgets, seed=seed, dtype=dtype,
+                                 attn_implementation=attn_implementation, vision=overrides.get("vision"),
+                                 text=overrides.get("text"))
         if device.startswith("cuda"):
             with torch.device("meta"):
                 shape_only = arch.family.build(arch.size, overrides.get("vision"), overrides.get("text"))
@@ -135,6 +147,8 @@ def load_model(
     torch_dtype = parse_dtype(dtype)
     check_device(device)
     try:
+        if sharded:
+            return load_sharded_checkpoint(name_or_path, budgets, dtype, attn_implementation)
         model = AutoModelForImageTextToText.from_pretrained(
             name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation
         )
@@ -144,6 +158,61 @@ def load_model(
             f"nor a loadable local path or hub id ({type(err).__name__}: {err})"
         ) from err
     return model.to(device).eval()
+
+
+def build_sharded(
+    family: ModelFamily,
+    size: str,
+    budgets: dict[int | str, int],
+    *,
+    seed: int = 0,
+    dtype: str = "bfloat16",
+    attn_implementation: str = "sdpa",
+    vision: dict[str, Any] | None = None,
+    text: dict[str, Any] | None = None,
+    stand_in: str | None = None,
+) -> nn.Module:
+    """An architecture size spread over the devices of ``budgets`` (bytes of weights each, by GPU
+    index), weights drawn from ``seed`` where they live: built on the meta device, placed by a
+    device map, initialised, then hooked to move activations. ``stand_in`` (e.g. ``"cpu"``)
+    places every planned part on that device instead, hooks included: the sharded path without
+    the GPUs (the plan stays in ``model.planned_device_map``)."""
+    from pipeline.models import sharding
+
+    torch_dtype = parse_dtype(dtype)
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch_dtype)
+    try:
+        with torch.device("meta"):
+            model = family.build(size, vision, text)
+    finally:
+        torch.set_default_dtype(previous)
+    planned = sharding.plan_device_map(model, family, budgets, torch_dtype)
+    device_map = {name: stand_in for name in planned} if stand_in else planned
+    sharding.materialize(model, device_map)
+    sharding.initialise_random(model, family, seed, sharding.devices_of(model))
+    model.set_attn_implementation(attn_implementation)
+    model = sharding.dispatch(model.eval(), device_map)
+    model.planned_device_map = planned
+    return model
+
+
+def load_sharded_checkpoint(name_or_path: str, budgets: dict[int | str, int], dtype: str,
+                            attn_implementation: str) -> nn.Module:
+    """A checkpoint spread over the devices of ``budgets`` by the same plan as random weights
+    (the vision stage whole on the first device), loaded by transformers with that device map."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    from pipeline.models.registry import family_of
+    from pipeline.models.sharding import plan_device_map
+
+    torch_dtype = parse_dtype(dtype)
+    config = AutoConfig.from_pretrained(name_or_path)
+    with torch.device("meta"):
+        shell = AutoModelForImageTextToText.from_config(config, dtype=torch_dtype)
+    device_map = plan_device_map(shell, family_of(shell), budgets, torch_dtype)
+    return AutoModelForImageTextToText.from_pretrained(
+        name_or_path, dtype=torch_dtype, attn_implementation=attn_implementation, device_map=device_map).eval()
 
 
 def load_processor(name_or_path: str, weights: str = "checkpoint") -> Any | None:
@@ -182,8 +251,8 @@ def check_fits(label: str, n_params: int, dtype: str, device: torch.device, free
     if need > free_bytes:
         raise ValueError(
             f"{label}: {n_params / 1e9:.2f}B parameters take {need / 2**30:.1f} GiB in {dtype}, more than the "
-            f"{free_bytes / 2**30:.1f} GiB free of {total_bytes / 2**30:.1f} GiB on {device}; sharding a model over "
-            f"several GPUs is not implemented yet: use a GPU with more memory, or a smaller model")
+            f"{free_bytes / 2**30:.1f} GiB free of {total_bytes / 2**30:.1f} GiB on {device}; give the model several "
+            f"GPUs (gpus: N in the profile shards it over them), a GPU with more memory, or a smaller model")
 
 
 def check_device(device: str) -> None:

@@ -4,7 +4,7 @@ With the Ray executor (the default) cells run on Ray actors, one loaded model ea
 (``pipeline/sweep/ray_driver.py``: workers, references, retries, autoscaling). Ctrl-C stops
 submitting, keeps every finished row and writes the consolidated table.
 
-With the local executor (``executor="local"``: a workstation without Ray, one GPU or a CPU) the
+With the local executor (``executor="local"``: a workstation without Ray, its GPUs or a CPU) the
 same cell executor runs every cell in this process, model by model; store, W&B, resume and
 Ctrl-C behave the same.
 """
