@@ -18,14 +18,18 @@ import torch
 
 from pipeline.models import VisionInput, build_random, family_named, family_of
 
-FAMILY = family_named("qwen2_vl")  # the family the benchmarks measure (the paper's Qwen2-VL)
+FAMILY = family_named("qwen2_vl")  # the family the benchmarks measure by default (the paper's Qwen2-VL)
 SIZES = tuple(s for s in FAMILY.sizes() if s != "tiny")
+# InternVL's encoders by name: InternViT-300M is the tower of InternVL3-1B..14B, InternViT-6B of 38B / 78B
+INTERNVIT = {"internvit-300m": "8b", "internvit-6b": "38b", "tiny": "tiny"}
 
 
-def build(size: str, dtype: str, device: torch.device, attn: str, tower_only: bool = False) -> torch.nn.Module:
-    """A Qwen2-VL architecture size with seeded random weights, built on ``device`` in ``dtype``
-    (``attn`` "sdpa-flash" builds sdpa; ``attention_context`` then forces the flash kernel)."""
-    return build_random(FAMILY, size, dtype=dtype, device=str(device), on_device=True, tower_only=tower_only,
+def build(size: str, dtype: str, device: torch.device, attn: str, tower_only: bool = False,
+          family: str = "qwen2_vl") -> torch.nn.Module:
+    """An architecture size of ``family`` with seeded random weights, built on ``device`` in
+    ``dtype`` (``attn`` "sdpa-flash" builds sdpa; ``attention_context`` then forces the flash kernel)."""
+    return build_random(family_named(family), INTERNVIT.get(size, size) if family == "internvl" else size,
+                        dtype=dtype, device=str(device), on_device=True, tower_only=tower_only,
                         attn_implementation="sdpa" if attn.startswith("sdpa") else attn)
 
 

@@ -6,10 +6,13 @@ sends one image plus a 32-token text prompt, and times the vision encoder and th
 model's prefill separately (forward hooks, CUDA events) in a ``generate``-style prefill forward
 (``logits_to_keep=1``, cache on). Reports analytic FLOPs (2 per multiply-add; see
 pipeline/measure/llm_flops.py and pipeline/measure/vision_flops.py), image tokens entering / kept in the LLM and
-KV-cache bytes. ``--size small`` is a reduced model for CPUs, labelled as such.
+KV-cache bytes. ``--size small`` is a reduced model for CPUs, labelled as such. ``--family internvl --size 8b``
+(or 38b, ...) measures an InternVL3 architecture: the image is cut into InternVL's 448² tiles
+(1, 5, 10 at 448², 896², 1344²) and IPCV runs the published InternVL3-38B setting (K=7, A=3).
 
     python benchmarks/llm_prefill.py --device cuda --dtype bfloat16
     python benchmarks/llm_prefill.py --device cpu --size small --dtype float32 --resolutions 224,448 --repeats 3
+    python benchmarks/llm_prefill.py --device cuda --dtype bfloat16 --family internvl --size 8b
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from ipcv.llm import cache_bytes
 from pipeline.measure.llm_flops import prefill_flops, record_llm_layout
 from pipeline.measure.timing import StageClock, clock_name, provenance, summarize
 from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
-from pipeline.models import parse_dtype
+from pipeline.models import family_named, family_of, parse_dtype, synthetic_spec
 from pipeline.models.qwen_vl import MERGE, PATCH, random_patches
 
 METHODS = {
@@ -36,6 +39,24 @@ METHODS = {
     "ipcv+dart": dict(vision=ipcv.IPCVConfig(), llm=ipcv.LLMPruneConfig(method="dart", layer=2, reduction_ratio=0.778)),
     "ipcv+fastv": dict(vision=ipcv.IPCVConfig(), llm=ipcv.LLMPruneConfig(method="fastv", layer=2, reduction_ratio=0.778)),
 }
+# InternVL: the published InternVL3-38B vision setting (K=7, A=3) in place of Qwen2-VL's (K=3, A=7)
+INTERNVL_IPCV = ipcv.IPCVConfig(prune_layer=7, as_layers=3)
+TEXT_WORDS = 32
+
+
+def methods_for(family: str) -> dict[str, dict]:
+    if family != "internvl":
+        return METHODS
+    return {name: {**m, "vision": INTERNVL_IPCV} if "vision" in m else m for name, m in METHODS.items()}
+
+
+def make_internvl_request(model, resolution: int, device: torch.device, dtype: torch.dtype) -> dict:
+    """A square synthetic image of side ``resolution`` cut into InternVL's tiles, and a 32-word
+    prompt, through the family's request builder."""
+    prompt = " ".join(f"w{i}" for i in range(TEXT_WORDS))
+    built = family_of(model).request_builder(model)(synthetic_spec(resolution, prompt=prompt))
+    return {**{k: (v.to(device, dtype) if k == "pixel_values" else v.to(device)) for k, v in built.items()},
+            "logits_to_keep": 1, "use_cache": True}
 
 
 def make_request(size: str, resolution: int, device: torch.device, dtype: torch.dtype) -> dict:
@@ -59,24 +80,25 @@ def make_request(size: str, resolution: int, device: torch.device, dtype: torch.
 
 
 def bench(model, request, method: str, warmup: int, repeats: int, device) -> dict:
-    lm, tower = common.FAMILY.language_model(model), common.FAMILY.tower(model)
-    settings = METHODS[method]
+    family = family_of(model)
+    lm = family.language_model(model)
+    settings = methods_for(family.key)[method]
     row: dict = {"method": method}
     with ipcv.apply(model, **settings) as handle:
         with torch.inference_mode():
-            with record_llm_layout(lm, common.FAMILY.lm_head(model)) as llm_layout, record_vision_layout(tower) as vis_layout:
+            with record_llm_layout(lm, family.lm_head(model)) as llm_layout, record_vision_layout(model) as vis_layout:
                 out = model(**request)
             stats = handle.llm_stats
             selection = stats.selection_flops if stats else 0
-            row["prefill_flops"] = prefill_flops(common.FAMILY.llm_dims(lm.config), llm_layout, selection)["total"]
+            row["prefill_flops"] = prefill_flops(family.llm_dims(lm.config), llm_layout, selection)["total"]
             vision_extra = handle.vision_stats.neighbor_search_flops if handle.vision_stats else 0
-            row["vision_flops"] = vision_flops(vision_dims(tower), vis_layout, vision_extra)["total"]
+            row["vision_flops"] = vision_flops(vision_dims(model), vis_layout, vision_extra)["total"]
             n_image = int((request["input_ids"] == model.config.image_token_id).sum())
             row["image_tokens_llm"] = n_image
             row["image_tokens_kept"] = stats.image_tokens_kept[0] if stats else n_image
             row["kv_cache_mib"] = cache_bytes(out.past_key_values) / 2**20
             del out
-            with StageClock({"vision": tower, "prefill": lm}, device) as clock:
+            with StageClock({"vision": family.vision_span(model), "prefill": lm}, device) as clock:
                 for _ in range(warmup):
                     model(**request)
                 clock.take()
@@ -91,9 +113,10 @@ def bench(model, request, method: str, warmup: int, repeats: int, device) -> dic
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
+    vision = "K=7 r=0.65 A=3 k=10" if meta.get("family") == "internvl" else "K=3 r=0.65 A=7 k=10"
     lines = [
-        f"Qwen2-VL ({meta['size']}) prefill, {meta['dtype']}, {meta['attn']}, one image + 32 text tokens, "
-        f"LLM pruning at layer 2 with r'=0.778, IPCV K=3 r=0.65 A=7 k=10",
+        f"{meta.get('family', 'qwen2_vl')} ({meta['size']}) prefill, {meta['dtype']}, {meta['attn']}, one image + "
+        f"{TEXT_WORDS} text tokens, LLM pruning at layer 2 with r'=0.778, IPCV {vision}",
         f"Device: {meta['provenance']['device']}, torch {meta['provenance']['torch']}, transformers "
         f"{meta['provenance']['transformers']}; median [p10, p90] ms over {meta['repeats']} repeats after {meta['warmup']} warm-up",
         "",
@@ -116,15 +139,23 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = common.parser(__doc__, resolutions="448,896,1344", warmup=3, repeats=10)
-    parser.add_argument("--size", choices=common.SIZES, default="7b")
+    parser.add_argument("--family", choices=["qwen2_vl", "internvl"], default="qwen2_vl")
+    parser.add_argument("--size", default="7b", help="an architecture size of the family (Qwen2-VL: 7b, small, ...; "
+                                                     "InternVL3: 1b, 2b, 8b, 14b, 38b, 78b, tiny)")
     parser.add_argument("--attn", default="sdpa")
     parser.add_argument("--methods", default=",".join(METHODS), help="comma list of " + ", ".join(METHODS))
     args = parser.parse_args()
+    sizes = family_named(args.family).sizes()
+    if args.size not in sizes:
+        raise SystemExit(f"--size {args.size} is not a size of {args.family}: {', '.join(sizes)}")
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
-    model = common.build(args.size, args.dtype, device, args.attn)
+    model = common.build(args.size, args.dtype, device, args.attn, family=args.family)
     rows = []
     for res in [int(r) for r in args.resolutions.split(",")]:
-        request = make_request(args.size, res, device, dtype)
+        if args.family == "internvl":
+            request = make_internvl_request(model, res, device, dtype)
+        else:
+            request = make_request(args.size, res, device, dtype)
         for method in args.methods.split(","):
             try:
                 row = {"resolution": res, **bench(model, request, method, args.warmup, args.repeats, device)}
@@ -134,7 +165,8 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
     meta = {
-        "size": args.size, "size_config": common.FAMILY.size_spec(args.size), "dtype": args.dtype, "attn": args.attn,
+        "family": args.family, "size": args.size, "size_config": family_named(args.family).size_spec(args.size),
+        "dtype": args.dtype, "attn": args.attn,
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
         "command": common.command_line(),
     }

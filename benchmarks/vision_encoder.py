@@ -11,6 +11,14 @@ package; recorded as unavailable where it is missing).
     python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa,sdpa-flash
     python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa --resolutions 448,896,1344 --videos 16x448
 
+``--family internvl`` measures InternViT instead (``--size internvit-300m``, the encoder of
+InternVL3-1B..14B, or ``internvit-6b``, of InternVL3-38B / 78B; ``tiny`` on a CPU): an image of
+side S becomes the 448² tiles InternVL's tiling cuts it into (1, 5, 10 tiles at 448², 896², 1344²),
+each 1 + 1024 tokens; a video one tile per frame. IPCV defaults to the published InternVL3-38B
+setting there (K=7, r=0.65, A=3, k=10).
+
+    python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --family internvl --size internvit-6b --videos 8x448
+
 ``--videos FxS``: a video of F frames at S² (Qwen-VL pairs frames into temporal patches: F/2
 grid steps of (S/14)² patches, one attention segment each). ``--float32-neighbour-search`` runs
 the neighbour search of half-precision features through float32 ``cdist`` as before issue 17 (an
@@ -31,7 +39,8 @@ import ipcv
 from ipcv import algorithm as alg
 from pipeline.measure.timing import provenance, time_call
 from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
-from pipeline.models import parse_dtype
+from pipeline.models import VisionInput, family_named, parse_dtype
+from pipeline.models.internvl import TILE, tile_images
 from pipeline.models.qwen_vl import PATCH, random_patches
 
 
@@ -56,16 +65,42 @@ def parse_inputs(resolutions: str, videos: str) -> list[tuple[str, tuple[int, in
     return inputs
 
 
-def bench_one(tower, label: str, grid: tuple[int, int, int], cfg: ipcv.IPCVConfig, attn: str, device, dtype,
-              warmup: int, repeats: int) -> dict:
-    inp = random_patches([grid], seed=grid[0] * 10_000 + grid[1]).to(device, dtype)
+def parse_tiles(resolutions: str, videos: str) -> list[tuple[str, int]]:
+    """``(label, tiles)`` of every input for InternViT: images ``S`` cut as InternVL's tiling cuts
+    a square image of that side, videos ``FxS`` one tile per frame."""
+    from PIL import Image
+
+    inputs = []
+    for r in filter(None, resolutions.split(",")):
+        tiles = tile_images([Image.new("RGB", (int(r), int(r)))])[1][0]
+        inputs.append((f"{int(r)}² ({tiles} tiles)", tiles))
+    for video in filter(None, videos.split(",")):
+        frames, side = (int(v) for v in video.lower().split("x"))
+        inputs.append((f"{frames}f×{side}² ({frames} tiles)", frames))
+    return inputs
+
+
+def random_input(layout: tuple[int, int, int] | int) -> tuple[VisionInput, dict]:
+    """Random pixels for a Qwen-VL grid ``(t, h, w)`` or a number of InternVL tiles, and the
+    row fields that describe them."""
+    if isinstance(layout, int):
+        pixels = torch.randn(layout, 3, TILE, TILE, generator=torch.Generator().manual_seed(layout))
+        return VisionInput(pixels, None, f"{layout} tiles"), {"tiles": layout, "tokens": layout * (1 + (TILE // 14) ** 2)}
+    inp = random_patches([layout], seed=layout[0] * 10_000 + layout[1])
+    return inp, {"grid_thw": list(layout), "tokens": layout[0] * layout[1] * layout[2]}
+
+
+def bench_one(tower, label: str, layout: tuple[int, int, int] | int, cfg: ipcv.IPCVConfig, attn: str, device,
+              dtype, warmup: int, repeats: int) -> dict:
+    inp, described = random_input(layout)
+    inp = inp.to(device, dtype)
     dims = vision_dims(tower)
 
     def forward():
         with torch.inference_mode():
             return common.encode(tower, inp)
 
-    row: dict = {"input": label, "grid_thw": list(grid), "tokens": grid[0] * grid[1] * grid[2], "attn": attn}
+    row: dict = {"input": label, **described, "attn": attn}
     with common.attention_context(attn):
         with record_vision_layout(tower) as layout:
             forward()
@@ -131,11 +166,13 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 def main() -> None:
     parser = common.parser(__doc__, resolutions="448,896,1344", warmup=5, repeats=20)
-    parser.add_argument("--size", choices=common.SIZES, default="7b")
+    parser.add_argument("--family", choices=["qwen2_vl", "internvl"], default="qwen2_vl")
+    parser.add_argument("--size", choices=common.SIZES + tuple(common.INTERNVIT), default=None,
+                        help="Qwen2-VL: 7b (default), small, ...; InternVL: internvit-6b (default), internvit-300m, tiny")
     parser.add_argument("--attn", default="sdpa", help="comma list: eager, sdpa, sdpa-flash, flash_attention_2")
-    parser.add_argument("--prune-layer", type=int, default=3)
+    parser.add_argument("--prune-layer", type=int, default=None, help="default: 3 (Qwen2-VL), 7 (InternVL)")
     parser.add_argument("--reduction-ratio", type=float, default=0.65)
-    parser.add_argument("--as-layers", type=int, default=7)
+    parser.add_argument("--as-layers", type=int, default=None, help="default: 7 (Qwen2-VL), 3 (InternVL)")
     parser.add_argument("--neighbors", type=int, default=10)
     parser.add_argument("--videos", default="", help="comma list of FRAMESxSIDE videos, e.g. 16x448")
     parser.add_argument("--float32-neighbour-search", action="store_true",
@@ -145,16 +182,20 @@ def main() -> None:
         search = alg.find_neighbors
         alg.find_neighbors = lambda removed, kept, *rest: search(removed.float(), kept.float(), *rest)
 
+    internvl = args.family == "internvl"
+    size = args.size or ("internvit-6b" if internvl else "7b")
+    if (size in common.INTERNVIT) != internvl:
+        raise SystemExit(f"--size {size} is not a size of --family {args.family}")
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
     cfg = ipcv.IPCVConfig(
-        prune_layer=args.prune_layer, reduction_ratio=args.reduction_ratio,
-        as_layers=args.as_layers, neighbors=args.neighbors,
+        prune_layer=args.prune_layer or (7 if internvl else 3), reduction_ratio=args.reduction_ratio,
+        as_layers=args.as_layers or (3 if internvl else 7), neighbors=args.neighbors,
     )
-    inputs = parse_inputs(args.resolutions, args.videos)
+    inputs = parse_tiles(args.resolutions, args.videos) if internvl else parse_inputs(args.resolutions, args.videos)
     rows = []
     for attn in args.attn.split(","):
         try:
-            tower = common.build(args.size, args.dtype, device, attn, tower_only=True)
+            tower = common.build(size, args.dtype, device, attn, tower_only=True, family=args.family)
         except Exception as err:  # e.g. flash_attention_2 without the flash-attn package
             rows += [{"input": label, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]} for label, _ in inputs]
             continue
@@ -167,8 +208,10 @@ def main() -> None:
             rows.append(row)
             print(json.dumps(row), flush=True)
         del tower
+    family = family_named(args.family)
     meta = {
-        "size": args.size, "size_config": common.FAMILY.size_spec(args.size)["vision"],
+        "family": args.family, "size": size,
+        "size_config": family.size_spec(common.INTERNVIT.get(size, size) if internvl else size)["vision"],
         "dtype": args.dtype, "ipcv": cfg.to_dict(), "float32_neighbour_search": args.float32_neighbour_search,
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
         "command": common.command_line(),

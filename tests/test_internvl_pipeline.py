@@ -92,8 +92,8 @@ SETTINGS = [
 ]
 
 
-@pytest.mark.parametrize("preset", PRESETS)
-@pytest.mark.parametrize("setting", range(len(SETTINGS)))
+@pytest.mark.parametrize("preset, setting", [("tiny-internvl3", i) for i in range(len(SETTINGS))]
+                         + [("tiny-internvl3-qknorm", 0), ("tiny-internvl3-qknorm", 1)])
 def test_analytic_flops_match_fvcore_and_flop_counter(preset, setting):
     """Eager attention: FlopCounterMode counts 0 for sdpa on CPU and does not count cdist."""
     model = build_tiny(preset, attn_implementation="eager")

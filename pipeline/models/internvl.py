@@ -11,7 +11,8 @@ maps them to the LLM's width. The projector lives outside the tower
 Architecture sizes (random weights): ``tiny`` (InternViT-300M's layout at width 64: 448² tiles,
 patch 14, CLS, LayerNorm, attention bias; 12 blocks, so the published K=7, A=3 fit) and
 ``tiny_qknorm`` (InternViT-6B's layout at width 64: RMSNorm, q/k-norm, no attention bias), both
-with the Qwen2.5 decoder of the InternVL3 LLMs at width 64; and the published InternVL3
+with the Qwen2.5 decoder of the InternVL3 LLMs at width 64; ``tiny_112`` (``tiny`` with 112²
+tiles: the efficiency gate's preset, cheap under callgrind); and the published InternVL3
 architectures ``1b`` .. ``78b`` (config.json of ``OpenGVLab/InternVL3-*-hf``: InternViT-300M with
 Qwen2.5-0.5B / 1.5B / 7B / 14B, InternViT-6B (45 blocks) with Qwen2.5-32B / 72B).
 
@@ -61,6 +62,10 @@ SIZES: dict[str, dict[str, Any]] = {
                              intermediate_size=128), text=_TINY_TEXT, tokens=_TINY_TOKENS),
     "tiny_qknorm": dict(vision=dict(_VIT_6B, hidden_size=64, num_hidden_layers=12, num_attention_heads=4,
                                     intermediate_size=128), text=_TINY_TEXT, tokens=_TINY_TOKENS),
+    # tiles of 112² (8 x 8 patches + CLS, 16 LLM tokens): the efficiency gate's size, where counting
+    # instructions under callgrind costs seconds per forward instead of minutes at 448²
+    "tiny_112": dict(vision=dict(_VIT_300M, hidden_size=64, num_hidden_layers=12, num_attention_heads=4,
+                                 intermediate_size=128, image_size=[112, 112]), text=_TINY_TEXT, tokens=_TINY_TOKENS),
     "1b": dict(vision=_VIT_300M, text=_qwen2_5(896, 24, 14, 2, 4864), tokens=_TOKENS),
     "2b": dict(vision=_VIT_300M, text=_qwen2_5(1536, 28, 12, 2, 8960), tokens=_TOKENS),
     "8b": dict(vision=_VIT_300M, text=_qwen2_5(3584, 28, 28, 4, 18944), tokens=_TOKENS),
@@ -168,7 +173,7 @@ class InternVL3(ModelFamily):
     requirements = REQUIREMENTS
     model_types = ("internvl",)
     name_hints = ("internvl",)
-    presets = {"tiny-internvl3": "tiny", "tiny-internvl3-qknorm": "tiny_qknorm"}
+    presets = {"tiny-internvl3": "tiny", "tiny-internvl3-qknorm": "tiny_qknorm", "tiny-internvl3-112": "tiny_112"}
 
     @property
     def label(self) -> str:
@@ -203,9 +208,12 @@ class InternVL3(ModelFamily):
 
         spec = self.size_spec(size)
         text_cfg = {"model_type": "qwen2", **spec["text"], **_SPECIAL, **(text or {})}
-        tokens = {k: v for k, v in spec["tokens"].items() if k == "image_token_id"}
-        return InternVLConfig(vision_config={**spec["vision"], **GEOMETRY, **(vision or {})}, text_config=text_cfg,
-                              tie_word_embeddings=text_cfg["tie_word_embeddings"], **tokens)
+        vision_cfg = {**GEOMETRY, **spec["vision"], **(vision or {})}
+        tile, patch = vision_cfg["image_size"][0], vision_cfg["patch_size"][0]
+        return InternVLConfig(vision_config=vision_cfg, text_config=text_cfg,
+                              tie_word_embeddings=text_cfg["tie_word_embeddings"],
+                              image_token_id=spec["tokens"]["image_token_id"],
+                              image_seq_length=(tile // patch) ** 2 // 4)  # after the 2 x 2 pixel shuffle
 
     def build(self, size: str, vision: dict[str, Any] | None = None, text: dict[str, Any] | None = None) -> nn.Module:
         from transformers import InternVLForConditionalGeneration
@@ -217,7 +225,7 @@ class InternVL3(ModelFamily):
     def build_tower(self, size: str) -> nn.Module:
         from transformers import InternVLVisionConfig, InternVLVisionModel
 
-        tower = InternVLVisionModel(InternVLVisionConfig(**{**self.size_spec(size)["vision"], **GEOMETRY}))
+        tower = InternVLVisionModel(InternVLVisionConfig(**{**GEOMETRY, **self.size_spec(size)["vision"]}))
         self.finish_random_init(tower)
         return tower
 
