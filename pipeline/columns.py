@@ -134,6 +134,9 @@ _SCHEMA: list[Column] = [
     _c("torch_version", "text", "torch version"),
     _c("transformers_version", "text", "transformers version"),
     _c("ipcv_version", "text", "this package's version"),
+    _c("git_commit", "text", "git commit of the code that measured the cell (+dirty: with uncommitted changes)"),
+    _c("warmup", "count", "untimed requests before the timed ones"),
+    _c("repeats", "count", "timed requests: the median and p10-p90 of each latency are over these"),
     _c("not_measured", "text", "what could not be measured, and why"),
     # costs
     *_stage_columns(),
@@ -190,6 +193,15 @@ _TEMPLATES: list[tuple[re.Pattern, Column]] = [
     (re.compile(r"fidelity_(?P<task>[a-z0-9]+)_top1_agreement"),
      _c("fidelity_{task}_top1_agreement", "share", "{task} first answer tokens equal to the uncompressed model's",
         better="higher")),
+    # lmms-eval tasks (pipeline/lmms/backend.py): any task name, underscores included, so the
+    # suffixed columns come first and the rest (the headline share, or one of lmms-eval's metrics
+    # on its own scale) falls to the last template
+    (re.compile(r"lmms_(?P<task>[a-z0-9_]+)_samples"), _c("lmms_{task}_samples", "count", "lmms-eval {task}: samples")),
+    (re.compile(r"lmms_(?P<task>[a-z0-9_]+)_answer_match"),
+     _c("lmms_{task}_answer_match", "share", "lmms-eval {task}: answers equal to the uncompressed model's",
+        better="higher", label="fidelity: lmms-eval {task} answers equal to uncompressed (share)")),
+    (re.compile(r"lmms_(?P<task>[a-z0-9_]+)"),
+     _c("lmms_{task}", "", "lmms-eval {task}: the headline score as a share, or a metric on lmms-eval's scale")),
 ]
 
 # what each consumer reads, by name
@@ -212,7 +224,7 @@ def get(name: str) -> Column:
         return COLUMNS[name]
     for pattern, template in _TEMPLATES:
         match = pattern.fullmatch(name)
-        if match and _known_task(match["task"]):
+        if match and (name.startswith("lmms_") or _known_task(match["task"])):
             fields = match.groupdict()
             return replace(template, name=name, description=template.description.format(**fields),
                            label=template.label.format(**fields) if template.label else None)

@@ -25,7 +25,8 @@ def main() -> int:
     parser.add_argument("--out", default=None, help="output folder (absolute: the job's working directory is "
                         "temporary) or an object-storage URI (s3://bucket/prefix)")
     parser.add_argument("--address", default="auto", help="Ray address to join (default: the cluster this runs in)")
-    parser.add_argument("--node-ip-address", default=None, help="this node's IP as the cluster knows it (e.g. 127.0.0.1)")
+    parser.add_argument("--node-ip-address", "--node-ip", dest="node_ip_address", default=None,
+                        help="this node's IP as the cluster knows it (e.g. 127.0.0.1); as ipcv-study run")
     args = parser.parse_args()
     try:
         spec = load_spec(find_profile(args.profile))

@@ -32,9 +32,9 @@ def test_demo_per_image_on_qwen25():
 def test_bad_arguments_give_clear_messages():
     cases = [
         (["demo", "--reduction-ratio", "1.5"], "IPCVConfig.reduction_ratio"),
-        (["demo", "--budget", "per_frame"], "IPCVConfig.budget"),
+        (["demo", "--budget", "per_frame"], "'per_frame' is not one of"),  # the choices are in --help too
         (["demo", "--resolution", "100"], "multiple of 28"),
-        (["demo", "--dtype", "float8"], "dtype must be one of"),
+        (["demo", "--dtype", "float8"], "'float8' is not one of"),
         (["demo", "--device", "tpu"], "device must be"),
         (["demo", "--model", "/nonexistent/model"], "could not load model"),
     ]
@@ -66,7 +66,7 @@ def test_evaluate_bad_data_gives_the_row(tmp_path):
     result = runner.invoke(app, ["evaluate", "textvqa", "--data", str(bad)])
     assert result.exit_code == 2 and "row 2: field 'answers' is missing" in result.output
     result = runner.invoke(app, ["evaluate", "vqav9"])
-    assert result.exit_code == 2 and "unknown task 'vqav9'" in result.output
+    assert result.exit_code == 2 and "'vqav9' is not one of" in result.output
     result = runner.invoke(app, ["synthesize", str(tmp_path), "--task", "nope"])
     assert result.exit_code == 2 and "unknown task(s) nope" in result.output
 
@@ -79,9 +79,19 @@ def test_run_with_the_local_executor_needs_no_ray(tmp_path):
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert "6 ok, 0 failed, 0 already done (of 6)" in result.output and not ray.is_initialized()
+    # every row says how it was timed (the profile's warmup: 0, repeats: 1) and by which code
+    import pandas as pd
+
+    from pipeline.provenance import cpu_model, git_commit
+
+    rows = pd.read_parquet(tmp_path / "results.parquet")
+    assert set(rows.warmup) == {0} and set(rows.repeats) == {1}
+    assert set(rows.git_commit.fillna("none")) == {git_commit() or "none"}
+    assert set(rows.device) == {cpu_model() or rows.device.iloc[0]}
+    assert "Sweep summary, one row per setting" in result.output and "ipcv K=3 r=0.5" in result.output
     again = runner.invoke(app, args)
     assert "0 ok, 0 failed, 6 already done (of 6)" in again.output
-    for bad, message in ((["--executor", "dask"], "--executor must be one of ray, local"),
+    for bad, message in ((["--executor", "dask"], "'dask' is not one of"),
                          (["--executor", "local", "--address", "auto"], "--address needs --executor ray")):
         result = runner.invoke(app, ["run", profile, *bad])
         assert result.exit_code == 2 and message in result.output, result.output

@@ -6,8 +6,11 @@ first), ``frontier.csv`` / ``speedup.csv`` / ``stages.csv`` (the tables in full)
 self-contained interactive page), and, unless W&B is disabled, a W&B summary run plus the W&B
 Report (saved online; offline its validated definition goes to ``wandb_report.json``).
 
-Modules: ``pareto`` (the analysis), ``figures`` (PNGs), ``html`` (the page), ``markdown`` (the
-summary), ``wandb_report`` (W&B), ``builder`` (reading the store and writing everything).
+Modules: ``pareto`` (the analysis), ``numbers`` (3 significant figures, spreads, speed-up
+intervals and noise), ``tables`` (the tables as shown: headers and formatted cells, the sweep
+summary), ``provenance`` (the header: device, versions, commit, dtype, repeats), ``figures``
+(PNGs), ``html`` (the page), ``markdown`` (the summary), ``wandb_report`` (W&B), ``builder``
+(reading the store and writing everything).
 """
 
 from pipeline.report.builder import ReportError, ReportResult, build_report, load_results

@@ -14,6 +14,7 @@ import pandas as pd
 
 from pipeline.report import figures, markdown, pareto
 from pipeline.report.html import write_html
+from pipeline.report.provenance import FEW_REPEATS, fewest_repeats, provenance
 from pipeline.sweep.store import ResultStore
 
 log = logging.getLogger(__name__)
@@ -121,18 +122,17 @@ def build_report(out_dir: str | Path, *, quality: str = "auto", costs: list[str]
     result.files += pngs
 
     intro = _intro(rows, results, metric, result)
-    tables = {"Pareto frontier": on_front.drop(columns=["on_frontier", "why_unranked", "cell_id"]),
-              "Against the uncompressed baseline": relative, "Where the time goes": stages}
-    result.files.append(write_html(report_dir / "report.html", f"IPCV study: {title}", intro, rows, points, metric,
-                                   result.costs, tables))
+    header = provenance(rows, profile)
+    result.files.append(write_html(report_dir / "report.html", f"IPCV study: {title}", header, intro, rows, points,
+                                   metric, result.costs, {"frontier": on_front, "speedup": relative, "stages": stages}))
     tracking = profile.get("tracking", {})
     mode = wandb_mode or tracking.get("mode", "offline")
     if mode != "disabled":
         _wandb(result, mode, project or tracking.get("project", "ipcv-study"), entity or tracking.get("entity"),
                tracking.get("group") or sweep, out_dir, {"frontier": points, "speedup": relative, "stages": stages},
-               pngs, metric, intro)
-    md = markdown.summary(title, _intro(rows, results, metric, result), rows, results, points, relative, stages,
-                          metric, result.costs, pngs, result.wandb_report)
+               pngs, metric, intro, header)
+    md = markdown.summary(title, _intro(rows, results, metric, result), header, rows, results, points, relative,
+                          stages, metric, result.costs, pngs, result.wandb_report)
     (report_dir / "report.md").write_text(md)
     result.files.append(report_dir / "report.md")
     return result
@@ -152,14 +152,14 @@ def _quality_notes(rows: pd.DataFrame, metric: pareto.Metric, requested: str) ->
 
 def _intro(rows: pd.DataFrame, results: pd.DataFrame, metric: pareto.Metric, result: ReportResult) -> list[str]:
     failed = int((results.status != "ok").sum())
-    kinds = rows.get("device_type", pd.Series("?", index=rows.index)).fillna("?").astype(str)
-    names = rows.get("device", pd.Series("?", index=rows.index)).fillna("?").astype(str)
-    devices = ", ".join(sorted({f"{k.upper()} ({n})" for k, n in zip(kinds, names)})) or "-"
     clocks = set(rows.get("clock", pd.Series(dtype=object)).dropna())
-    lines = [f"{len(rows)} finished cells, {failed} failed; {rows.model.nunique()} model(s), {rows.input.nunique()} input(s); "
-             f"device: {devices}."]
+    lines = [f"{len(rows)} finished cells, {failed} failed; {rows.model.nunique()} model(s), {rows.input.nunique()} input(s)."]
     if any(str(c).startswith("cpu") for c in clocks):
         lines.append("Latencies are CPU timings (perf_counter) on this machine, not GPU figures.")
+    repeats = fewest_repeats(rows, _profile(result.directory.parent))
+    if repeats is not None and repeats < FEW_REPEATS:
+        lines.append(f"Only {repeats} timed repeat(s) per cell: a p10–p90 spread is then little more than the samples "
+                     "themselves, so an interval that misses 1 is weak evidence of a gain; use 10 or more on a GPU.")
     weights = rows.get("weights", pd.Series(dtype=object))
     if (weights == "random (tiny preset)").any():
         lines.append("Some models are tiny presets with random weights: their accuracy is chance level and "
@@ -172,19 +172,24 @@ def _intro(rows: pd.DataFrame, results: pd.DataFrame, metric: pareto.Metric, res
 
 
 def _wandb(result: ReportResult, mode: str, project: str, entity: str | None, sweep: str, out_dir: Path,
-           tables: dict[str, pd.DataFrame], pngs: list[Path], metric: pareto.Metric, intro: list[str]) -> None:
+           tables: dict[str, pd.DataFrame], pngs: list[Path], metric: pareto.Metric, intro: list[str],
+           header: dict[str, str]) -> None:
     from pipeline.report import wandb_report
 
     try:
         result.wandb_run = wandb_report.log_summary_run(
             project=project, entity=entity, mode=mode, sweep=sweep, out_dir=out_dir, tables=tables, images=pngs,
-            summary={"quality_metric": metric.column, "cells": int(tables["frontier"].cell_id.nunique())})
+            summary={"quality_metric": metric.column, "cells": int(tables["frontier"].cell_id.nunique()),
+                     **{f"provenance/{k}": v for k, v in header.items()}},
+            provenance=header)
     except Exception as err:  # W&B never costs the local report
         result.notes.append(f"W&B summary run failed ({type(err).__name__}: {err}); local files are complete")
         log.warning("W&B summary run failed: %s", err)
     plan = wandb_report.report_plan(project=project, entity=entity, sweep=sweep, quality=metric.column,
                                     quality_label=metric.label,
-                                    costs={c: pareto.COST[c].label for c in result.costs}, summary=intro)
+                                    costs={c: pareto.COST[c].label for c in result.costs},
+                                    summary=[f"{k}: {v}" for k, v in header.items()] + intro,
+                                    groups=sorted(set(zip(tables["frontier"].model, tables["frontier"].input))))
     path = result.directory / "wandb_report.json"
     try:
         wandb_report.write_definition(plan, path)

@@ -1,7 +1,9 @@
 """The report's Markdown summary (``report.md``): the page a person reads first.
 
-Per model x input group: the Pareto frontier on the first cost, the table against the
-uncompressed baseline, and where the time goes per stage; then the failed cells.
+A provenance header (where and how the figures were measured), then per model x input group: the
+Pareto frontier on the first cost, the table against the uncompressed baseline, where the time
+goes per stage and the key of the figures' numbered points; then the failed cells. Tables are
+written by ``tables`` (3 significant figures, latencies with their p10–p90).
 """
 
 from __future__ import annotations
@@ -11,7 +13,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.report import pareto
+from pipeline import columns
+from pipeline.report import numbers, pareto, tables
+
+LATENCY_NOTE = ("Latencies are medians over the timed repeats, with their p10–p90 in brackets. A speed-up's "
+                "interval runs from the baseline's p10 over the cell's p90 to the baseline's p90 over the cell's p10 "
+                "(a conservative band, not a confidence interval); when it contains 1, or the method leaves that "
+                f"stage's input unchanged, the speed-up is within noise and shown as {numbers.NOISE}: it is no gain, "
+                "and tables rank it as 1.")
 
 
 def _fmt(value: Any) -> str:
@@ -20,56 +29,70 @@ def _fmt(value: Any) -> str:
     if isinstance(value, (bool, np.bool_)):
         return "yes" if value else "no"
     if isinstance(value, (float, np.floating)):
-        return f"{value:.4g}"
+        return numbers.sig(value)
     return str(value).replace("|", "\\|")
 
 
-def markdown_table(frame: pd.DataFrame, columns: dict[str, str]) -> str:
-    """``columns``: column -> header. Missing values show as ``-``."""
+def markdown_table(frame: pd.DataFrame, columns: dict[str, str] | None = None) -> str:
+    """``columns``: column -> header (default: every column under its own name). Missing values
+    show as ``-``, numbers to 3 significant figures."""
+    columns = columns or {c: c for c in frame.columns}
     head = "| " + " | ".join(columns.values()) + " |"
     rule = "|" + "|".join("---" for _ in columns) + "|"
     body = ["| " + " | ".join(_fmt(row.get(c)) for c in columns) + " |" for row in frame.to_dict(orient="records")]
     return "\n".join([head, rule, *body])
 
 
-def summary(title, intro, rows, results, points, relative, stages, metric, costs, pngs, wandb_report) -> str:
+def provenance_table(header: dict[str, str]) -> str:
+    return markdown_table(pd.DataFrame({"what": list(header), "value": list(header.values())}))
+
+
+def key_table(points: pd.DataFrame, costs: list[str]) -> str:
+    """The figures' numbered points of one group: setting, and which costs' frontiers it is on."""
+    records = []
+    for (number, setting), rows in points.groupby(["point", "setting"], sort=True):
+        front = [columns.get(c).header or c for c in costs
+                 if (rows[rows.cost_metric == c].on_frontier == True).any()]  # noqa: E712
+        records.append({"#": number, "setting": setting, "on the frontier of": ", ".join(front) or "none (dominated)"})
+    return markdown_table(pd.DataFrame(records))
+
+
+def summary(title, intro, header, rows, results, points, relative, stages, metric, costs, pngs, wandb_report) -> str:
     """The Markdown page."""
-    out = [f"# IPCV study: {title}", "", *[f"- {line}" for line in intro], ""]
+    out = [f"# IPCV study: {title}", "", provenance_table(header), "", *[f"- {line}" for line in intro], ""]
     primary = costs[0]
     cost = pareto.COST[primary]
     out += [f"Frontier: a cell is on it when no cell of its group costs at most as much with at least the same "
             f"quality and is strictly better in one. Quality axis: {metric.label}. Tables use {cost.label}; "
-            f"`frontier.csv` has every cost.", ""]
+            f"`frontier.csv` has every cost. In the figures, frontier points are outlined, joined and labelled; "
+            f"every point carries its number in its group's key below.", "", LATENCY_NOTE, ""]
     for png in pngs:
         out += [f"![{png.stem}]({png.name})", ""]
     for model, inp in rows.groupby(pareto.GROUP, sort=True).groups:
-        mine = points[(points.model == model) & (points.input == inp) & (points.cost_metric == primary)]
-        front = mine[mine.on_frontier == True].sort_values("cost")  # noqa: E712
-        dominated = mine[mine.on_frontier == False]  # noqa: E712
-        unranked = mine[mine.on_frontier.isna()]
-        out += [f"## {model} | {inp}", "", f"Pareto frontier ({len(front)} of {len(mine)} cells; {len(dominated)} dominated):", ""]
-        out += [markdown_table(front, {"setting": "setting", "cost": cost.label, "quality": metric.label}), ""]
+        mine = points[(points.model == model) & (points.input == inp)]
+        first = mine[mine.cost_metric == primary]
+        front = first[first.on_frontier == True].sort_values("cost")  # noqa: E712
+        dominated = first[first.on_frontier == False]  # noqa: E712
+        unranked = first[first.on_frontier.isna()]
+        out += [f"## {model} | {inp}", "", f"Pareto frontier ({len(front)} of {len(first)} cells; {len(dominated)} dominated):", ""]
+        out += [markdown_table(tables.render(front, tables.frontier(cost, metric))), ""]
         if len(unranked):
             out += ["Not ranked (a figure is missing): " + "; ".join(f"{r.setting} ({r.why_unranked})"
                                                                     for r in unranked.itertuples()), ""]
-        rel = relative[(relative.model == model) & (relative.input == inp)].sort_values("e2e_speedup", ascending=False)
+        rel = relative[(relative.model == model) & (relative.input == inp)]
         if len(rel):
-            drop = "quality drop" + ("" if metric.higher_is_better else " (rise in KL)")
-            out += ["Against the uncompressed baseline (speed-up = baseline time / cell time; saved = share of the "
-                    "baseline's):", "", markdown_table(rel, {
-                        "setting": "setting", "e2e_speedup": "e2e speed-up", "vision_speedup": "vision speed-up",
-                        "prefill_speedup": "prefill speed-up", "total_flops_saved": "FLOPs saved (share)",
-                        "peak_bytes_saved": "peak memory saved (share)", "quality": metric.label, "quality_drop": drop}), ""]
+            rel = rel.assign(_gain=pareto.gain(rel)).sort_values("_gain", ascending=False, kind="stable")
+            out += ["Against the uncompressed baseline (speed-up = baseline time / cell time, best end-to-end gain "
+                    "first; saved = share of the baseline's):", "",
+                    markdown_table(tables.render(rel, tables.speedup(metric))), ""]
         else:
             out += ["No uncompressed baseline cell in this group: no speed-up table.", ""]
         st = stages[(stages.model == model) & (stages.input == inp)]
-        out += ["Where the time goes (ms, median per stage) and where the saving comes from: ms saved in the "
-                "vision encoder and in the LLM (prefill + decode), and the vision encoder's share of the time and of "
-                "the FLOPs saved (- where a stage got slower, so no share is meaningful):",
-                "", markdown_table(st, {"setting": "setting", **{s: s.removesuffix("_ms") for s in pareto.STAGES},
-                                        "vision_saved_ms": "vision saved", "llm_saved_ms": "LLM saved",
-                                        "vision_share_of_time_saved": "vision share (time)",
-                                        "vision_share_of_flops_saved": "vision share (FLOPs)"}), ""]
+        out += ["Where the time goes (ms per stage) and where the saving comes from: ms saved in the vision encoder "
+                "and in the LLM (prefill + decode), and the vision encoder's share of the time and of the FLOPs saved "
+                "(- where a stage got slower, so no share is meaningful):", "",
+                markdown_table(tables.render(st, tables.stages())), "",
+                "Key of the figures' numbered points:", "", key_table(mine, costs), ""]
     failed = results[results.status != "ok"]
     if len(failed):
         out += ["## Failed cells", ""]

@@ -16,7 +16,9 @@ import numpy as np
 import pandas as pd
 
 from pipeline import columns
-from pipeline.methods import setting_label
+from pipeline.methods import METHODS, setting_label
+from pipeline.methods import order as method_order
+from pipeline.report import numbers
 from pipeline.sweep.rows import input_label
 
 
@@ -38,6 +40,7 @@ class Metric:
 QUALITY: dict[str, Metric] = {name: Metric.of(name) for name in columns.QUALITY}
 COST: dict[str, Metric] = {name: Metric.of(name) for name in columns.COSTS}
 STAGES = columns.STAGE_TIMES
+SPEEDUPS = ("e2e_ms", "vision_ms", "prefill_ms")  # latencies compared with the baseline as speed-ups
 GROUP = ["model", "input"]
 
 
@@ -96,18 +99,22 @@ def frontier_mask(cost: pd.Series, quality: pd.Series, higher_is_better: bool = 
 
 
 def frontiers(rows: pd.DataFrame, quality: Metric, costs: list[str]) -> pd.DataFrame:
-    """One line per cell and cost: its group, setting, cost, quality and frontier flag
-    (``on_frontier`` True / False, or missing with ``why_unranked``)."""
+    """One line per cell and cost: its group, its ``point`` number in the figures, setting, cost
+    (with ``cost_p10`` / ``cost_p90`` for a latency; NaN for FLOPs and memory), quality and
+    frontier flag (``on_frontier`` True / False, or missing with ``why_unranked``)."""
     out = []
     for cost_name in costs:
         cost = COST[cost_name]
         for (model, inp), group in rows.groupby(GROUP, sort=True):
             mask = frontier_mask(group[cost.column], group[quality.column], quality.higher_is_better)
+            keys = point_keys(group)
             for index, row in group.iterrows():
                 missing = [name for name, col in (("cost", cost.column), ("quality", quality.column)) if pd.isna(row[col])]
                 out.append({
-                    "model": model, "input": inp, "cost_metric": cost_name, "setting": row["setting"],
+                    "model": model, "input": inp, "cost_metric": cost_name, "point": keys[index], "setting": row["setting"],
                     "method": row["method"], "cell_id": row["cell_id"], "cost": row[cost.column] / cost.scale,
+                    "cost_p10": _float(row.get(f"{cost.column}_p10")) / cost.scale,
+                    "cost_p90": _float(row.get(f"{cost.column}_p90")) / cost.scale,
                     "quality": row[quality.column], "on_frontier": mask[index],
                     "why_unranked": (f"no {cost.column}" if "cost" in missing else f"no {quality.column}")
                     if missing else None,
@@ -115,9 +122,18 @@ def frontiers(rows: pd.DataFrame, quality: Metric, costs: list[str]) -> pd.DataF
     return pd.DataFrame(out)
 
 
+def point_keys(group: pd.DataFrame) -> pd.Series:
+    """Each cell's number in its group's figures (1, 2, ...: by method order, then setting), the
+    same for every cost, so that a point of a PNG is found in the report's key."""
+    order = group.assign(_order=group.method.map(method_order)).sort_values(["_order", "setting", "cell_id"])
+    return pd.Series(range(1, len(order) + 1), index=order.index)
+
+
 def relative_to_baseline(rows: pd.DataFrame, quality: Metric) -> pd.DataFrame:
-    """Per cell: speed-up of each latency (baseline / cell), FLOPs and memory saved (share),
-    and the quality change against the uncompressed baseline of its group."""
+    """Per cell: speed-up of each latency (baseline / cell) with its interval (``_lo`` / ``_hi``:
+    from both cells' p10-p90, ``numbers.ratio_interval``) and ``_within_noise`` (the interval
+    contains 1, or the method leaves that stage's input unchanged, so any difference is noise),
+    FLOPs and memory saved (share), and the quality change against the group's baseline."""
     out = []
     for (model, inp), group in rows.groupby(GROUP, sort=True):
         base = group[group.method == "baseline"]
@@ -128,8 +144,14 @@ def relative_to_baseline(rows: pd.DataFrame, quality: Metric) -> pd.DataFrame:
             if row["method"] == "baseline":
                 continue
             record = {"model": model, "input": inp, "setting": row["setting"], "method": row["method"]}
-            for col in ("e2e_ms", "vision_ms", "prefill_ms"):
-                record[f"{col[:-3]}_speedup"] = _ratio(b[col], row[col])
+            for col in SPEEDUPS:
+                name = f"{col[:-3]}_speedup"
+                record[name] = _ratio(b[col], row[col])
+                lo, hi = numbers.ratio_interval((b.get(f"{col}_p10"), b.get(f"{col}_p90")),
+                                                (row.get(f"{col}_p10"), row.get(f"{col}_p90")))
+                record[f"{name}_lo"], record[f"{name}_hi"] = lo, hi
+                unchanged = col != "e2e_ms" and col[:-3] not in _stages_changed(row["method"])
+                record[f"{name}_within_noise"] = True if unchanged else numbers.within_noise(lo, hi)
             for col in ("total_flops", "peak_bytes"):
                 record[f"{col}_saved"] = 1 - _ratio(row[col], b[col]) if not pd.isna(_ratio(row[col], b[col])) else np.nan
             sign = 1 if quality.higher_is_better else -1
@@ -137,6 +159,17 @@ def relative_to_baseline(rows: pd.DataFrame, quality: Metric) -> pd.DataFrame:
             record["quality_drop"] = sign * (b[quality.column] - row[quality.column])
             out.append(record)
     return _ordered(pd.DataFrame(out, columns=None if out else ["model", "input", "setting", "method", "e2e_speedup"]))
+
+
+def _stages_changed(method: str) -> frozenset[str]:
+    """The stages whose input a method changes; an unknown method may change any."""
+    return METHODS[method].stages if method in METHODS else frozenset({"vision", "prefill"})
+
+
+def gain(table: pd.DataFrame, name: str = "e2e_speedup") -> pd.Series:
+    """A speed-up as a ranking key: 1 where it is within noise, so noise never ranks as a gain."""
+    noise = table.get(f"{name}_within_noise", pd.Series(None, index=table.index, dtype=object))
+    return table[name].where(noise != True, 1.0)  # noqa: E712 (object column: True, False or None)
 
 
 def _ratio(a, b) -> float:
@@ -159,10 +192,15 @@ def stage_breakdown(rows: pd.DataFrame) -> pd.DataFrame:
             record = {"model": model, "input": inp, "setting": row["setting"], "method": row["method"]}
             for stage in STAGES:
                 record[stage] = row.get(stage, np.nan)
+                record[f"{stage}_p10"], record[f"{stage}_p90"] = row.get(f"{stage}_p10", np.nan), row.get(f"{stage}_p90", np.nan)
             if b is not None and row["method"] != "baseline":
                 vision = _float(b.get("vision_ms")) - _float(row.get("vision_ms"))
                 llm = sum(_float(b.get(s)) - _float(row.get(s)) for s in ("prefill_ms", "decode_ms"))
                 record.update(vision_saved_ms=vision, llm_saved_ms=llm, time_saved_ms=vision + llm)
+                for name, parts in (("vision", ("vision_ms",)), ("llm", ("prefill_ms", "decode_ms"))):
+                    # the saving's range from both cells' p10-p90 (baseline's low end minus the cell's high end ...)
+                    record[f"{name}_saved_ms_p10"] = sum(_float(b.get(f"{s}_p10")) - _float(row.get(f"{s}_p90")) for s in parts)
+                    record[f"{name}_saved_ms_p90"] = sum(_float(b.get(f"{s}_p90")) - _float(row.get(f"{s}_p10")) for s in parts)
                 record["vision_share_of_time_saved"] = _share(vision, llm)
                 record["vision_share_of_flops_saved"] = _share(
                     _float(b.get("vision_flops")) - _float(row.get("vision_flops")),
@@ -180,11 +218,11 @@ def _share(vision: float, llm: float) -> float:
 
 
 def _ordered(table: pd.DataFrame) -> pd.DataFrame:
-    """Rows by group, the baseline first, then by setting."""
+    """Rows by group, then in the methods' fixed order (the baseline first), then by setting."""
     if table.empty:
         return table
-    key = table.assign(_later=table.method != "baseline")
-    return key.sort_values(["model", "input", "_later", "setting"]).drop(columns="_later").reset_index(drop=True)
+    key = table.assign(_order=table.method.map(method_order))
+    return key.sort_values(["model", "input", "_order", "setting"]).drop(columns="_order").reset_index(drop=True)
 
 
 def _float(value) -> float:

@@ -38,11 +38,13 @@ class ModelSpec(_Strict):
     published architecture by its hub id, built with seeded random weights (costs at real size
     without a download; its quality figures are fidelity of random weights, never quality)."""
 
-    name: str
-    dtype: Literal[tuple(DTYPES)] = "bfloat16"
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = "sdpa"
-    gpus: float = Field(0.0, ge=0, le=1, description="GPUs per worker (0: CPU; a fraction shares a GPU); a model "
-                                                       "sharded over several GPUs is not implemented yet")
+    name: str = Field(description="a tiny preset (tiny-qwen2-vl, ...), a hub id or a local checkpoint folder")
+    dtype: Literal[tuple(DTYPES)] = Field("bfloat16", description="weights and activations dtype (on a CPU, "
+                                                                   "float32 is the one that is fast)")
+    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = Field(
+        "sdpa", description="the model's attention implementation (flash_attention_2 needs a GPU and flash-attn)")
+    gpus: float = Field(0.0, ge=0, description="GPUs per worker (0: CPU; a fraction shares a GPU; a whole number "
+                                                "N > 1 spreads the model's layers over N GPUs, docs/sweep.md)")
     batch: int = Field(1, ge=1, le=1, description="prompts per request (only 1 is measured so far)")
     seed: int = Field(0, ge=0, description="weights seed of tiny presets and random-weight architectures")
     weights: Literal["checkpoint", "random"] = Field(
@@ -53,6 +55,13 @@ class ModelSpec(_Strict):
 
     def __hash__(self) -> int:  # the overrides mapping is not hashable; its canonical JSON is
         return hash(self.model_dump_json())
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_gpus_to_shard(cls, value: float) -> float:
+        if value > 1 and value != int(value):
+            raise ValueError(f"more than one GPU must be a whole number (a model is spread over whole GPUs), got {value}")
+        return value
 
     @model_validator(mode="after")
     def _weights(self) -> ModelSpec:
@@ -80,13 +89,18 @@ Resolution = Annotated[int, AfterValidator(_resolution)]
 
 
 class ImageInputs(_Strict):
-    resolutions: list[Resolution] = Field(min_length=1)
+    """Synthetic images: one input per resolution."""
+
+    resolutions: list[Resolution] = Field(min_length=1, description="image sides in pixels (Qwen-VL: a multiple "
+                                                                     "of 28), each an input of the grid")
     count: int = Field(1, ge=1, description="images per request")
 
 
 class VideoInputs(_Strict):
-    frames: list[int] = Field(min_length=1)
-    resolutions: list[Resolution] = Field(min_length=1)
+    """Synthetic videos: one input per (frame count, resolution)."""
+
+    frames: list[int] = Field(min_length=1, description="frames per video (even: Qwen-VL merges frame pairs)")
+    resolutions: list[Resolution] = Field(min_length=1, description="frame sides in pixels")
 
     @field_validator("frames")
     @classmethod
@@ -97,9 +111,11 @@ class VideoInputs(_Strict):
 
 
 class Inputs(_Strict):
+    """The requests every method is measured on (give images, videos or both)."""
+
     images: ImageInputs | None = None
     videos: VideoInputs | None = None
-    prompt: str = "Describe the picture in one sentence."
+    prompt: str = Field("Describe the picture in one sentence.", description="text of every request")
 
     @model_validator(mode="after")
     def _something(self) -> Inputs:
@@ -111,8 +127,9 @@ class Inputs(_Strict):
 def _grid(name: str, fields: tuple[methods.GridField, ...], doc: str) -> type[_Strict]:
     """A profile section of lists, one per config field, each defaulting to ``[the config's default]``
     (an empty list is an error: it would silently drop the method)."""
-    model = create_model(name, __base__=_Strict,
-                         **{f.name: (list[f.type], Field(default=[f.default], min_length=1)) for f in fields})
+    model = create_model(name, __base__=_Strict, **{f.name: (list[f.type], Field(
+        default=[f.default], min_length=1, description=f"values of {name.removesuffix('Grid')} {f.name} to sweep"))
+        for f in fields})
     model.__doc__ = doc
     return model
 
@@ -124,58 +141,115 @@ LLMGrid = _grid("LLMGrid", methods.LLM_FIELDS, "Values of each LLMPruneConfig fi
 class Downsample(_Strict):
     """The plain-downsampling baseline: the uncompressed model on smaller inputs."""
 
-    resolutions: list[Resolution] = Field(min_length=1)
+    resolutions: list[Resolution] = Field(min_length=1, description="smaller image sides to send, each compared "
+                                                                     "with every larger resolution of the grid")
 
 
 class Methods(_Strict):
-    baseline: bool = True
-    ipcv: IPCVGrid | None = None
-    llm: LLMGrid | None = None
+    """Which methods a sweep compares (pipeline/methods.py); a method left out has no cells."""
+
+    baseline: bool = Field(True, description="the uncompressed model, which speed-ups and fidelity compare with")
+    ipcv: IPCVGrid | None = Field(None, description="IPCV in the vision encoder, every combination of the values "
+                                                    "given (omitted: no IPCV cells)")
+    llm: LLMGrid | None = Field(None, description="LLM-side pruning in the prefill (DART, FastV), every combination "
+                                                  "(omitted: none)")
     stacked: bool = Field(False, description="every IPCV setting combined with every LLM setting")
     random_selection: bool = Field(False, description="IPCV with random token selection at each IPCV budget")
-    downsample: Downsample | None = None
+    downsample: Downsample | None = Field(None, description="the plain-downsampling baseline (omitted: none)")
 
 
 class Measurement(_Strict):
-    warmup: int = Field(1, ge=0)
-    repeats: int = Field(3, ge=1)
-    max_new_tokens: int = Field(8, ge=1)
-    count_flops: bool = True
+    """How each cell is timed (docs/profiler.md)."""
+
+    warmup: int = Field(3, ge=0, description="untimed requests before the timed ones")
+    repeats: int = Field(10, ge=1, description="timed requests; latencies are their median and p10-p90 (10: the "
+                                               "p10 and p90 are the 2nd and 9th of ten; fewer make them the extremes)")
+    max_new_tokens: int = Field(8, ge=1, description="tokens generated per request (the decode stage)")
+    count_flops: bool = Field(True, description="also count FLOPs with fvcore and FlopCounterMode")
     max_retries: int = Field(2, ge=0, description="retries of a cell whose worker died")
 
 
 class Tracking(_Strict):
-    project: str = "ipcv-study"
-    entity: str | None = None
-    mode: Literal["offline", "online", "disabled"] = "offline"
-    group: str | None = None
+    """Weights & Biases: one run per cell (docs/sweep.md)."""
+
+    project: str = Field("ipcv-study", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (default: the logged-in user's)")
+    mode: Literal["offline", "online", "disabled"] = Field("offline", description="offline needs no API key "
+                                                                                 "(wandb sync later)")
+    group: str | None = Field(None, description="W&B run group (default: the sweep's name)")
     flush_timeout_s: float = Field(120.0, ge=0, description="at the end, how long W&B may take to log what is queued")
     log_threads: int = Field(4, ge=1, le=64, description="background threads logging W&B runs")
 
 
-TaskName = Literal[tuple(TASKS)]
+# keys of an lmms-eval task, and keys of the study's own tasks, left out of a cell's config at their
+# defaults (cells that do not use them keep the ids they had before the keys existed)
+_LMMS_KEYS = ("backend", "include_path", "gen_kwargs", "metric", "scale")
+_OWN_KEYS = ("source", "split", "media_root", "seed")
 
 
 class TaskSpec(_Strict):
-    """One benchmark to score every cell on (docs/accuracy.md)."""
+    """One benchmark to score every cell on (docs/accuracy.md): one of the study's own tasks, or
+    (``backend: lmms-eval``) an lmms-eval task run through ``simple_evaluate``."""
 
-    task: TaskName
+    backend: Literal["own", "lmms-eval"] = Field("own", description="own: the study's loaders and scoring; "
+                                                                     "lmms-eval: the task as lmms-eval runs it (the "
+                                                                     "lmms extra)")
+    task: str = Field(description="the benchmark's format (docs/accuracy.md); with backend lmms-eval, an lmms-eval "
+                                  "task name")
     source: str = Field("synthetic", description="'synthetic', a data file or folder, a save_to_disk folder, "
                                                   "or hf://<dataset id>")
-    split: str | None = None
+    split: str | None = Field(None, description="split of an HF dataset (or a name part of the files in a folder)")
     limit: int | None = Field(None, ge=1, description="first N rows (synthetic: how many to render; default 8)")
     media_root: str | None = Field(None, description="folder that relative image/video paths are under")
     frames: int = Field(8, description="frames sampled per video (video tasks)")
     seed: int = Field(0, ge=0, description="seed of the synthetic data")
+    include_path: str | None = Field(None, description="lmms-eval: a folder of more task YAMLs (local tasks), as "
+                                                        "lmms-eval's --include_path")
+    gen_kwargs: str | None = Field(None, description="lmms-eval: generation settings over the task's own, as "
+                                                      "lmms-eval's --gen_kwargs (e.g. max_new_tokens=16)")
+    metric: str | None = Field(None, description="lmms-eval: the metric that is the task's headline (default: the "
+                                                  "first it reports)")
+    scale: float = Field(1.0, gt=0, description="lmms-eval: the headline divided by this is a share (100 for a "
+                                                 "task that reports percent)")
 
     @field_validator("frames")
     @classmethod
     def _frames(cls, value: int, info: ValidationInfo) -> int:
         return _requirements(info).check_frames(value)
 
+    @field_validator("task")
+    @classmethod
+    def _task(cls, value: str, info: ValidationInfo) -> str:
+        if info.data.get("backend", "own") == "own" and value not in TASKS:
+            raise ValueError(f"task {value!r} is not one of the study's tasks ({', '.join(TASKS)}); an lmms-eval "
+                             "task needs backend: lmms-eval")
+        return value
+
+    @model_validator(mode="after")
+    def _backend_keys(self) -> TaskSpec:
+        fields = type(self).model_fields
+        if self.backend == "own":
+            given = [k for k in _LMMS_KEYS if getattr(self, k) != fields[k].default]
+            if given:
+                raise ValueError(f"{', '.join(given)}: settings of lmms-eval tasks (backend: lmms-eval)")
+        else:
+            given = [k for k in _OWN_KEYS if getattr(self, k) != fields[k].default]
+            if given:
+                raise ValueError(f"{', '.join(given)}: settings of the study's own tasks; an lmms-eval task "
+                                 "reads the data its task YAML names (include_path for local tasks)")
+        return self
+
     def cell_config(self) -> dict[str, Any]:
         """What the cell records: real paths made absolute (relative to where the sweep runs)."""
         data = self.model_dump()
+        fields = type(self).model_fields
+        for key in _LMMS_KEYS if self.backend == "own" else _OWN_KEYS:
+            if data[key] == fields[key].default:
+                del data[key]
+        if self.backend == "lmms-eval":
+            if self.include_path:
+                data["include_path"] = str(Path(self.include_path).expanduser().resolve())
+            return data
         if self.source == "synthetic":
             data["limit"] = self.limit or 8
         elif not self.source.startswith("hf://"):
@@ -186,7 +260,9 @@ class TaskSpec(_Strict):
 
 
 class Evaluation(_Strict):
-    tasks: list[TaskSpec] = Field(min_length=1)
+    """Benchmark accuracy and answer fidelity of every cell (docs/accuracy.md)."""
+
+    tasks: list[TaskSpec] = Field(min_length=1, description="benchmarks to score every cell on")
     max_new_tokens: int = Field(16, ge=1, description="answer length limit")
 
 
@@ -199,8 +275,11 @@ class Cluster(_Strict):
 
 
 class SweepSpec(_Strict):
-    name: str
-    output_dir: str = "results"
+    """A sweep: models x inputs x method settings, each a cell measured once."""
+
+    name: str = Field(description="the sweep's name (W&B group, report title, the output folder's owner)")
+    output_dir: str = Field("results", description="where results go unless --out says otherwise (give each sweep "
+                                                   "its own folder)")
     models: list[ModelSpec] = Field(min_length=1)
     inputs: Inputs
     methods: Methods = Methods()
