@@ -24,6 +24,7 @@ import torch
 
 import ipcv
 from pipeline.evaluation import runner as evaluation_runner
+from pipeline.evaluation import task_key
 from pipeline.evaluation.synthetic import write_synthetic
 from pipeline.evaluation.tasks import Sample, Task, get_task
 from pipeline.measure import fidelity
@@ -63,7 +64,7 @@ class CellExecutor:
         try:
             self.model = load_model(model.name, dtype=model.dtype, attn_implementation=model.attn_implementation,
                                     device=device or device_for(model), seed=model.seed, weights=model.weights,
-                                    overrides=model.overrides)
+                                    overrides=model.overrides, gpus=max(1, int(model.gpus)))
             self.loads += 1
         except Exception as err:  # a bad checkpoint fails its cells, not the sweep
             self.load_error = f"model load failed: {type(err).__name__}: {err}"
@@ -96,7 +97,7 @@ class CellExecutor:
         outputs = fidelity.collect(self.model, self.request(inp), max_new_tokens)
         if evaluation:
             try:
-                outputs.task_answers = {t["task"]: self.answers(t, inp.resolution, evaluation["max_new_tokens"])
+                outputs.task_answers = {task_key(t): self.answers(t, inp.resolution, evaluation["max_new_tokens"])
                                         for t in evaluation["tasks"]}
             except Exception as err:  # the cells report it; the profile-request fidelity stays usable
                 outputs.task_error = f"{type(err).__name__}: {err}"
@@ -120,6 +121,10 @@ class CellExecutor:
     def answers(self, task: dict[str, Any], resolution: int, max_new_tokens: int,
                 on_sample: Callable[[], None] | None = None) -> evaluation_runner.Answers:
         """The model's answers (as currently patched) to a task's samples at ``resolution``."""
+        if task.get("backend") == "lmms-eval":
+            from pipeline.lmms.backend import evaluate_task
+
+            return evaluate_task(self.model, self.builder, task, resolution).answers
         spec, samples = self.task_samples(task)
         return evaluation_runner.answer_all(self.model, self.builder, spec, samples, resolution, task["frames"],
                                             max_new_tokens, on_sample)
@@ -171,17 +176,28 @@ class CellExecutor:
             raise RuntimeError(f"benchmark reference failed: {reference.task_error}")
         out: dict[str, Any] = {}
         records: list[dict[str, Any]] = []
+        headline, agreement = [], []
         with compressed(self.model, vision, llm):
             for task in cell.evaluation["tasks"]:
+                key = task_key(task)
+                ref = reference.task_answers.get(key) if reference is not None else None
+                if task.get("backend") == "lmms-eval":  # lmms-eval's prompts, scoring and columns
+                    from pipeline.lmms.backend import evaluate_task
+
+                    result = evaluate_task(self.model, self.builder, task, cell.input.resolution, ref)
+                    out.update(result.columns)
+                    records += result.records
+                    headline.append(out[key])
+                    agreement += [out[f"{key}_answer_match"]] if ref is not None else []
+                    continue
                 spec, samples = self.task_samples(task)
                 answers = self.answers(task, cell.input.resolution, cell.evaluation["max_new_tokens"])
-                ref = reference.task_answers.get(task["task"]) if reference is not None else None
                 out.update(evaluation_runner.score(spec, samples, answers, ref))
                 records += evaluation_runner.predictions(spec, samples, answers, ref)
-        headline = [out[f"acc_{t['task']}"] for t in cell.evaluation["tasks"]]
+                headline.append(out[f"acc_{key}"])
+                agreement += [out[f"fidelity_{key}_answer_match"]] if ref is not None else []
         out["accuracy"] = sum(headline) / len(headline)
-        if reference is not None:
-            agreement = [out[f"fidelity_{t['task']}_answer_match"] for t in cell.evaluation["tasks"]]
+        if reference is not None and agreement:
             out["fidelity_benchmark_answer_match"] = sum(agreement) / len(agreement)
         out["predictions"] = records
         return out
