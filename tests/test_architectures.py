@@ -90,8 +90,3 @@ def test_a_model_too_big_for_the_gpu_is_refused_with_its_sizes():
                    free_bytes=130 * gib, total_bytes=140 * gib)
     check_fits("Qwen/Qwen2-VL-7B-Instruct", 8_291_375_616, "bfloat16", torch.device("cuda:0"),
                free_bytes=130 * gib, total_bytes=140 * gib)  # fits: no error
-
-
-def test_a_worker_of_several_gpus_is_refused_until_sharding_exists():
-    with pytest.raises(ProfileError, match="gpus"):
-        parse_spec(_profile({"name": "Qwen/Qwen2-VL-72B-Instruct", "weights": "random", "gpus": 4}))

@@ -9,7 +9,9 @@ overhead this way). Counts come from valgrind's callgrind in a child process, on
    torch to one thread;
 2. it switches instrumentation on once (``callgrind_control -i on``), and for each measurement
    applies the setting, runs the statement once uncollected (warm), then collects exactly one
-   run of it (``torch._C._valgrind_toggle`` around the statement) and dumps the counters;
+   run of it (``torch._C._valgrind_toggle`` around the statement, Python's garbage collector
+   run before and held off during it: a collection falling inside one count made it 7% larger
+   once in CI) and dumps the counters;
 3. the parent reads the dumps' totals.
 
 Counts of the same statement agree to about 0.2 % within a process and 1 % between runs, whatever
@@ -20,6 +22,7 @@ ratios) made on the same kind of machine. Needs ``valgrind`` and ``callgrind_con
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import re
@@ -147,10 +150,13 @@ def _child(job_file: str) -> None:
             run = statements[m["statement"]]
             with compressed(model, *configs(m)):
                 run()  # instrumented, not collected
+                gc.collect()  # the collector runs when allocation counts say so: never inside a count
+                gc.disable()
                 torch._C._valgrind_toggle()
                 for _ in range(m["repeat"]):
                     run()
                 torch._C._valgrind_toggle_and_dump_stats()
+                gc.enable()
             order.append(m["key"])
     Path(job_file).with_name("order.json").write_text(json.dumps(order))
 
