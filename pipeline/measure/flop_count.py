@@ -117,7 +117,9 @@ def fvcore_flops(model: nn.Module, request: dict[str, torch.Tensor]) -> tuple[di
         by_module = analysis.by_module()
     out = {}
     for stage, modules in stage_modules(model).items():
-        out[stage] = 2 * sum(by_module.get("model." + name, 0) for name in _names(model, modules))
+        # rotary embeddings are outside the convention (transformers 5.17 traces Qwen2's as a matmul)
+        out[stage] = 2 * sum(by_module.get(f"model.{name}", 0) - by_module.get(f"model.{name}.rotary_emb", 0)
+                             for name in _names(model, modules))
     skipped = {op: n for op, n in analysis.unsupported_ops().items() if op not in _ELEMENTWISE}
     return out, skipped
 
