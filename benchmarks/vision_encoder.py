@@ -40,6 +40,7 @@ from ipcv import algorithm as alg
 from pipeline.measure.timing import provenance, time_call
 from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
 from pipeline.models import VisionInput, family_named, parse_dtype
+from pipeline.models.internvl import PATCH as TILE_PATCH
 from pipeline.models.internvl import TILE, tile_images
 from pipeline.models.qwen_vl import PATCH, random_patches
 
@@ -85,7 +86,7 @@ def random_input(layout: tuple[int, int, int] | int) -> tuple[VisionInput, dict]
     row fields that describe them."""
     if isinstance(layout, int):
         pixels = torch.randn(layout, 3, TILE, TILE, generator=torch.Generator().manual_seed(layout))
-        return VisionInput(pixels, None, f"{layout} tiles"), {"tiles": layout, "tokens": layout * (1 + (TILE // 14) ** 2)}
+        return VisionInput(pixels, None, f"{layout} tiles"), {"tiles": layout, "tokens": layout * (1 + (TILE // TILE_PATCH) ** 2)}
     inp = random_patches([layout], seed=layout[0] * 10_000 + layout[1])
     return inp, {"grid_thw": list(layout), "tokens": layout[0] * layout[1] * layout[2]}
 

@@ -28,6 +28,7 @@ from pipeline.measure.llm_flops import prefill_flops, record_llm_layout
 from pipeline.measure.timing import Span, StageClock, Timing, provenance, span_ends, summarize
 from pipeline.measure.vision_flops import record_vision_layout, vision_flops
 from pipeline.models import ModelFamily, RequestSpec, family_of, to_device
+from pipeline.models.sharding import devices_of
 
 STAGES = ("preprocess", "vision", "prefill", "decode", "e2e")
 
@@ -182,7 +183,7 @@ class _Measurement:
         self.vision_span = self.family.vision_span(model)
         self.lm = self.family.language_model(model)
         self.device = next(model.parameters()).device
-        self.devices = list(dict.fromkeys(p.device for p in model.parameters()))
+        self.devices = devices_of(model)
         self.request = to_device(self.builder(spec), model)
         self.generate_kwargs = dict(max_new_tokens=settings.max_new_tokens, min_new_tokens=settings.max_new_tokens,
                                     do_sample=False)

@@ -158,6 +158,8 @@ def provenance(device: torch.device) -> dict[str, Any]:
         info["device"] = torch.cuda.get_device_name(device)
         info["cuda"] = torch.version.cuda
     else:
-        info["device"] = platform.processor() or platform.machine()
+        from pipeline.provenance import cpu_model
+
+        info["device"] = cpu_model() or platform.processor() or platform.machine()
         info["cpu_threads"] = torch.get_num_threads()
     return info

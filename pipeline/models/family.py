@@ -156,7 +156,7 @@ class ModelFamily:
     def stage_modules(self, model: nn.Module) -> dict[str, list[nn.Module]]:
         """Modules whose calls make up the vision and prefill stages."""
         head = self.lm_head(model)
-        return {"vision": [self.tower(model)],
+        return {"vision": list(dict.fromkeys(self.vision_span(model))),
                 "prefill": [self.language_model(model)] + ([head] if head is not None else [])}
 
     # -- analytic FLOPs parameters --------------------------------------------------------------

@@ -116,7 +116,8 @@ class InternVLRequestBuilder(AnswerDecoding):
             if ids[2] != self.context or self.text_tokenizer.unk_token_id in ids:
                 raise ValueError(f"the checkpoint's tokenizer does not hold InternVL's tile tokens {START} {END} "
                                  f"{CONTEXT} (image_token_id {self.context} in config.json)")
-        tokens = SIZES["tiny"]["tokens"]
+        # the tile tokens around the context ids: those of the architecture with this image token
+        tokens = {s["tokens"]["image_token_id"]: s["tokens"] for s in SIZES.values()}.get(self.context, _TINY_TOKENS)
         self.start, self.end = tokens["start_image_token_id"], tokens["end_image_token_id"]
         self.eos = cfg.get_text_config().eos_token_id
         self.tokenizer = TinyTokenizer(min(self.context, self.start, self.end), tuple(answer_vocabulary()))
@@ -246,12 +247,6 @@ class InternVL3(ModelFamily):
 
     def vision_span(self, model: nn.Module) -> tuple[nn.Module, nn.Module]:
         return self.tower(model), self.projector(model) or self.tower(model)
-
-    def stage_modules(self, model: nn.Module) -> dict[str, list[nn.Module]]:
-        stages = super().stage_modules(model)
-        projector = self.projector(model)
-        stages["vision"] += [projector] if projector is not None else []
-        return stages
 
     # -- analytic FLOPs parameters --------------------------------------------------------------
     def vision_dims(self, model: nn.Module) -> VisionDims:

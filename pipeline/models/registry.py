@@ -51,7 +51,7 @@ def model_depths(name: str, overrides: dict[str, dict] | None = None) -> tuple[i
     """(vision blocks, decoder layers) of a preset, a local checkpoint or a published checkpoint's
     hub id (with a random-weight build's ``overrides``), without loading it; None when they cannot
     be known here (another hub id)."""
-    from pipeline.models.architectures import ARCHITECTURES, has_architecture
+    from pipeline.models.architectures import architecture_for, has_architecture
 
     for family in FAMILIES:
         if name in family.presets:
@@ -60,7 +60,7 @@ def model_depths(name: str, overrides: dict[str, dict] | None = None) -> tuple[i
     if family and config:
         return family.depths(config)
     if config is None and has_architecture(name):  # a published checkpoint's hub id: its architecture's depths
-        arch = next(a for a in ARCHITECTURES if a.matches(name))
+        arch = architecture_for(name)
         spec, overrides = arch.family.size_spec(arch.size), overrides or {}
         return arch.family.depths({"vision_config": {**spec["vision"], **overrides.get("vision", {})},
                                    "text_config": {**spec["text"], **overrides.get("text", {})}})

@@ -15,7 +15,7 @@ from pipeline.columns import FLOP_STAGES
 from pipeline.measure.stages import RequestReport
 from pipeline.methods import LLM_FIELDS, VISION_FIELDS, llm_column, setting_label, vision_column
 from pipeline.models import is_preset
-from pipeline.provenance import cpu_model, git_commit
+from pipeline.provenance import git_commit
 from pipeline.sweep.grid import Cell
 
 
@@ -86,8 +86,7 @@ def report_columns(report: RequestReport) -> dict[str, Any]:
     out["total_flops"] = sum(out.get(f"{s}_flops") or 0 for s in FLOP_STAGES)
     out["clock"] = report.stages["vision"].time.clock if report.stages["vision"].time else None
     prov = report.provenance
-    cpu = prov.get("device_type") == "cpu" and cpu_model()
-    out.update(device=cpu or prov.get("device"), device_type=prov.get("device_type"), torch_version=prov.get("torch"),
+    out.update(device=prov.get("device"), device_type=prov.get("device_type"), torch_version=prov.get("torch"),
                transformers_version=prov.get("transformers"), ipcv_version=ipcv.__version__, git_commit=git_commit())
     timed = report.stages["vision"].time
     out.update(warmup=timed.warmup if timed else None, repeats=timed.repeats if timed else None)
