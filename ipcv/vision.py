@@ -10,7 +10,8 @@ by a function that plays its role for this call:
   the kept tokens on (the tower's loop carries the shorter tensor from there);
 - blocks K .. K+A-1 (Attention Stabilization) rebuild the full sequence, attend over all tokens
   with the tower's own ``cu_seqlens`` and position embeddings, and run the MLP on kept tokens
-  (the family adapter runs the block's parts, ``ipcv/families/``);
+  (the family adapter runs the block's parts, ``ipcv/families/``); with ``as_queries="kept"``
+  only the kept tokens' queries are computed (the other outputs would be dropped anyway);
 - later blocks run unchanged on the kept tokens with ``cu_seqlens``, ``max_seqlen`` and position
   embeddings sliced to them;
 - the last block rebuilds the full sequence, so the merger, ``last_hidden_state`` and the LLM
@@ -33,7 +34,7 @@ from torch import nn
 
 from ipcv import algorithm as alg
 from ipcv.config import IPCVConfig
-from ipcv.families import FrameLayout, VisionFamily
+from ipcv.families import FrameLayout, KeptQueries, VisionFamily
 from ipcv.instance_patch import InstanceForwards, PerThread
 from ipcv.stats import OverheadTimer, VisionStats
 
@@ -43,14 +44,17 @@ class _PrunePlan:
     """Which tokens survive block K-1 of this forward and how the removed ones are rebuilt.
 
     ``kept_per_frame``: kept tokens of each frame when the host knows them (every selection
-    segment is one frame: one image, or the per-image budget), else ``None``."""
+    segment is one frame: one image, or the per-image budget), else ``None``; ``frame_sizes``:
+    tokens of each frame (host)."""
 
     kept: torch.Tensor
     removed: torch.Tensor
     reconstruct: alg.Reconstruction
     kept_per_frame: list[int] | None = None
+    frame_sizes: list[int] | None = None
     _cu_cache: list[tuple[torch.Tensor, list]] = field(default_factory=list)
     _rope_cache: list[tuple[Any, Any]] = field(default_factory=list)
+    _lengths_cache: list[tuple[torch.Tensor, tuple[list[int], list[int]]]] = field(default_factory=list)
 
     def keep(self, states: torch.Tensor) -> torch.Tensor:
         return states.index_select(0, self.kept)
@@ -71,7 +75,7 @@ class _PrunePlan:
                 bounds = torch.tensor([0, *itertools.accumulate(self.kept_per_frame)], dtype=cu.dtype)
                 entry = [alg.to_device(bounds, cu.device), max(self.kept_per_frame)]
             else:
-                entry = [alg.subset_cu_seqlens(cu, self.kept), None]
+                entry = [alg.subset_cu_seqlens(cu.to(self.kept.device), self.kept), None]
             self._cu_cache.append((cu, entry))
         if need_longest and entry[1] is None:
             kept_cu = entry[0]
@@ -88,6 +92,35 @@ class _PrunePlan:
             result = rope.index_select(0, self.kept)
         self._rope_cache.append((rope, result))
         return result
+
+    def segment_lengths(self, cu: torch.Tensor) -> tuple[list[int], list[int]]:
+        """Kept tokens and all tokens of each segment of the tower's ``cu`` (zeros included), on
+        the host (once per ``cu``). Known without reading the device for one segment, a ``cu`` on
+        the host, or one boundary per frame with the kept counts per frame known; otherwise read
+        once (the tower's own sdpa path reads ``cu`` in every block)."""
+        for source, lengths in self._lengths_cache:
+            if source is cu:
+                return lengths
+        n_kept, n_tokens = int(self.kept.shape[0]), int(self.kept.shape[0] + self.removed.shape[0])
+        frames = self.frame_sizes
+        if cu.shape[0] == 2:
+            lengths = ([n_kept], [n_tokens])
+        elif self.kept_per_frame is not None and frames is not None and cu.shape[0] == len(frames) + 1:
+            lengths = (list(self.kept_per_frame), list(frames))
+        else:
+            bounds = cu.to(self.kept.device, self.kept.dtype)
+            kept_bounds = torch.searchsorted(self.kept, bounds)
+            host = torch.stack([kept_bounds, bounds]).diff(dim=1).tolist()
+            lengths = (host[0], host[1])
+        self._lengths_cache.append((cu, lengths))
+        return lengths
+
+    def kept_queries(self, kwargs: dict[str, Any]) -> KeptQueries:
+        """The kept tokens as the queries of an Attention-Stabilization block called with the
+        tower's full-sequence ``kwargs``."""
+        lengths, key_lengths = self.segment_lengths(kwargs["cu_seqlens"])
+        rope = next((kwargs[n] for n in ("position_embeddings", "rotary_pos_emb") if kwargs.get(n) is not None), None)
+        return KeptQueries(self.kept, lengths, key_lengths, None if rope is None else self.kept_rope(rope))
 
     def kept_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The tower's keyword arguments for a block, restated for the kept tokens."""
@@ -177,6 +210,10 @@ class PatchBase:
             ]
         for index, block in enumerate(blocks):
             self._forwards.replace(index, block, self._make_forward)
+        if config.as_queries == "kept":
+            for index in range(config.prune_layer, config.prune_layer + config.as_layers):
+                attention, _ = family.attention_and_mlp(blocks[index])
+                self._forwards.replace(index, attention, family.kept_query_attention)
 
     # -- hooks on the multimodal container and the tower -----------------------------------
     def _remember_prompt(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -198,7 +235,7 @@ class PatchBase:
 
     def _plan(self, state: Any, h_before: torch.Tensor, h_after: torch.Tensor) -> Any:
         """The layout's plan: ``kept``, ``keep(states)``, ``rebuild(kept_states)``,
-        ``kept_call_kwargs(kwargs)``."""
+        ``kept_call_kwargs(kwargs)``, ``kept_queries(kwargs)``."""
         raise NotImplementedError
 
     def _make_forward(self, index: int, block: nn.Module, original: Callable) -> Callable:
@@ -218,7 +255,8 @@ class PatchBase:
             elif index < k + a:
                 with state.timer("restoration", hidden.device):
                     full = state.plan.rebuild(hidden)
-                out = self.family.stabilized_block(block, hidden, full, state.plan.kept, kwargs)
+                queries = state.plan.kept_queries(kwargs) if self.config.as_queries == "kept" else None
+                out = self.family.stabilized_block(block, hidden, full, state.plan.kept, kwargs, queries)
                 state.stats.as_blocks.append(index)
             else:
                 out = original(hidden, **state.plan.kept_call_kwargs(kwargs))
@@ -299,13 +337,13 @@ class VisionPatch(PatchBase):
                 state.stats.neighbor_search_flops = alg.neighbor_search_flops(
                     removed.numel(), kept.numel(), h_after.shape[-1]
                 )
-            reconstruct = alg.Reconstruction(kept_states, removed_states, index, weight)
+            reconstruct = alg.Reconstruction(kept_states, removed_states, index, weight, uniform=scope is None)
         if per_frame is not None:
             state.stats.tokens_kept = list(per_frame)
         else:
             state.pending_kept = torch.diff(torch.searchsorted(kept, frame_cu))  # kept is sorted
         state.stats.kept_index = kept
-        return _PrunePlan(kept, removed, reconstruct, per_frame)
+        return _PrunePlan(kept, removed, reconstruct, per_frame, list(state.frame_sizes))
 
 
 def _bounds(sizes: list[int], device: torch.device) -> torch.Tensor:

@@ -31,7 +31,7 @@ from torch import nn
 
 from ipcv import algorithm as alg
 from ipcv.config import IPCVConfig
-from ipcv.families import FrameLayout, VisionFamily
+from ipcv.families import FrameLayout, KeptQueries, VisionFamily
 from ipcv.stats import OverheadTimer, VisionStats
 from ipcv.vision import PatchBase
 
@@ -53,6 +53,10 @@ class _TilePlan:
 
     def kept_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         return kwargs  # the blocks take no boundaries or positions
+
+    def kept_queries(self, kwargs: dict[str, Any]) -> KeptQueries:
+        tiles, kept = (int(d) for d in self.kept.shape)
+        return KeptQueries(self.kept, [kept] * tiles, [self.length] * tiles)
 
     def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
         tiles, _, width = kept_states.shape
@@ -121,9 +125,9 @@ class TiledVisionPatch(PatchBase):
         flat = h_after.reshape(-1, width)
         kept_states, removed_states = flat.index_select(0, kept_flat), flat.index_select(0, removed_flat)
         index = weight = None
+        scoped = cfg.neighbor_scope == "same_image" or len(requests) > 1
         with state.timer("neighbors", device):
             if cfg.restore == "ngr":
-                scoped = cfg.neighbor_scope == "same_image" or len(requests) > 1
                 groups = None
                 if scoped:  # a tile's own tokens, or its request's tiles
                     per_tile = list(range(tiles)) if cfg.neighbor_scope == "same_image" else state.request
@@ -133,7 +137,7 @@ class TiledVisionPatch(PatchBase):
                                                    *(groups if groups else (None, None)))
                 state.stats.neighbor_search_flops = alg.neighbor_search_flops(
                     removed_flat.numel(), kept_flat.numel(), width)
-            reconstruct = alg.Reconstruction(kept_states, removed_states, index, weight)
+            reconstruct = alg.Reconstruction(kept_states, removed_states, index, weight, uniform=not scoped)
         state.stats.tokens_kept = [CLS + keep] * tiles
         state.stats.kept_index = kept
         return _TilePlan(kept, kept_flat, removed_flat, reconstruct, length)

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from ipcv.config import Budget, NeighborScope, Restore, Selection
+from ipcv.config import AsQueries, Budget, NeighborScope, Restore, Selection
 from pipeline import columns
 from pipeline.evaluation.tasks import TASKS
 from pipeline.methods import LLM_METHODS
@@ -67,6 +67,8 @@ BUDGET = typer.Option("global", help="IPCV budget: global (over all images of a 
 NEIGHBOR_SCOPE = typer.Option("global", help="IPCV neighbour scope: global (as published) or same_image.")
 SELECTION = typer.Option("feature_diff", help="IPCV selection: feature_diff (the paper) or random (control).")
 RESTORE = typer.Option("ngr", help="IPCV restoration: ngr or frozen (no-NGR ablation).")
+AS_QUERIES = typer.Option("all", help="IPCV queries in the Attention Stabilization blocks: all (as published) or "
+                          "kept (only the kept tokens' queries: the same kept outputs, fewer FLOPs).")
 DTYPE = typer.Option("float32", help="Weights and activations dtype.")
 DEVICE = typer.Option("cpu", help="cpu or cuda[:N].")
 SEED = typer.Option(0, help="Seed of the tiny model's weights and of the synthetic inputs.")
@@ -82,12 +84,14 @@ Task = Literal[tuple(TASKS)]
 Cost = enum.Enum("Cost", {c: c for c in columns.COSTS}, type=str)  # typer takes a list of Enum, not of Literal
 
 
-def _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed):
+def _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed,
+                 as_queries="all"):
     import ipcv
 
     return ipcv.IPCVConfig(
         prune_layer=prune_layer, reduction_ratio=reduction_ratio, as_layers=as_layers, neighbors=neighbors,
         budget=budget, neighbor_scope=neighbor_scope, selection=selection, restore=restore, seed=seed,
+        as_queries=as_queries,
     )
 
 
@@ -151,6 +155,7 @@ def demo(
     neighbor_scope: NeighborScope = NEIGHBOR_SCOPE,
     selection: Selection = SELECTION,
     restore: Restore = RESTORE,
+    as_queries: AsQueries = AS_QUERIES,
     dtype: Dtype = DTYPE,
     device: str = DEVICE,
     seed: int = SEED,
@@ -163,7 +168,8 @@ def demo(
 
     try:
         _check_writable(json_out)
-        config = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed)
+        config = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore, seed,
+                              as_queries)
         requirements_for(model).check_resolution(resolution)
         if images < 1:
             raise ValueError(f"count of images must be >= 1, got {images}")
@@ -211,6 +217,7 @@ def profile(
     neighbor_scope: NeighborScope = NEIGHBOR_SCOPE,
     selection: Selection = SELECTION,
     restore: Restore = RESTORE,
+    as_queries: AsQueries = AS_QUERIES,
     llm_method: LLMChoice = typer.Option("none", help="LLM-side pruning (none: off)."),
     llm_layer: int = typer.Option(2, help="LLM pruning layer K' (>= 1)."),
     llm_ratio: float = typer.Option(0.778, help="LLM pruning ratio r' of image/video tokens, in [0, 1)."),
@@ -231,7 +238,7 @@ def profile(
     try:
         _check_writable(json_out)
         vision = _ipcv_config(prune_layer, reduction_ratio, as_layers, neighbors, budget, neighbor_scope, selection, restore,
-                              seed) if ipcv_on else None
+                              seed, as_queries) if ipcv_on else None
         llm = _llm_config(llm_method, layer=llm_layer, reduction_ratio=llm_ratio)
         settings = MeasureSettings(warmup=warmup, repeats=repeats, max_new_tokens=max_new_tokens, count_flops=flops)
         requirements = requirements_for(model)

@@ -182,6 +182,8 @@ def setting_label(row: Mapping[str, Any]) -> str:
         vision = f"K={_num(get('prune_layer'))} r={_num(get('reduction_ratio'))}"
         extras = [f"A={_num(get('as_layers'))}"] if _given(get("as_layers")) and get("as_layers") != _VISION_DEFAULTS["as_layers"] else []
         extras += [str(get(f)) for f in _SHOWN_WHEN_CHANGED if _given(get(f)) and get(f) != _VISION_DEFAULTS[f]]
+        if _given(get("as_queries")) and get("as_queries") != _VISION_DEFAULTS["as_queries"]:
+            extras.append(f"{get('as_queries')}-queries")
         parts.append(" ".join([method.split("+")[0], vision, *extras]))
     if _given(row.get(llm_column("method"))):
         parts.append(f"{row[llm_column('method')]} K'={_num(row.get(llm_column('layer')))} "

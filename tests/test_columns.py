@@ -89,7 +89,8 @@ def test_every_llm_method_of_the_config_is_registered_alone_and_stacked():
 def test_labels_are_written_with_each_row():
     spec = parse_spec({
         **BASE, "inputs": {"images": {"resolutions": [112, 224], "count": 2}, "videos": {"frames": [4], "resolutions": [56]}},
-        "methods": {"baseline": True, "ipcv": {"reduction_ratio": [0.5], "as_layers": [7, 4], "budget": ["per_image"]},
+        "methods": {"baseline": True, "ipcv": {"reduction_ratio": [0.5], "as_layers": [7, 4], "budget": ["per_image"],
+                                               "as_queries": ["all", "kept"]},
                     "llm": {"method": ["fastv"]}, "stacked": True, "random_selection": True,
                     "downsample": {"resolutions": [112]}},
     })
@@ -98,6 +99,7 @@ def test_labels_are_written_with_each_row():
         ("image 224px x2", "baseline"),
         ("image 224px x2", "ipcv K=3 r=0.5 per_image"),
         ("image 224px x2", "ipcv K=3 r=0.5 A=4 per_image"),
+        ("image 224px x2", "ipcv K=3 r=0.5 A=4 per_image kept-queries"),
         ("image 224px x2", "random K=3 r=0.5 per_image"),
         ("image 224px x2", "fastv K'=2 r'=0.778"),
         ("image 224px x2", "ipcv K=3 r=0.5 A=4 per_image + fastv K'=2 r'=0.778"),

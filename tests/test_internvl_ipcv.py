@@ -66,15 +66,17 @@ def test_ratio_zero_is_bit_identical_and_remove_restores():
         assert torch.equal(model(**req).logits, logits)
 
 
-@pytest.mark.parametrize("scope, restore", [("global", "ngr"), ("same_image", "ngr"), ("global", "frozen")])
-def test_matches_the_published_rule_written_out(scope, restore):
+@pytest.mark.parametrize("scope, restore, as_queries", [("global", "ngr", "all"), ("same_image", "ngr", "all"),
+                                                        ("global", "frozen", "all"), ("global", "ngr", "kept"),
+                                                        ("same_image", "ngr", "kept")])
+def test_matches_the_published_rule_written_out(scope, restore, as_queries):
     model = tiny_internvl()
     tower = model.model.vision_tower
     x = pixels(3, seed=4)
     K, A, k, r_percent = 3, 3, 4, 65
     expected, kept = reference_internvl(tower, x, K, r_percent, A, k, scope, restore)
     cfg = ipcv.IPCVConfig(prune_layer=K, as_layers=A, neighbors=k, reduction_ratio=r_percent / 100,
-                          neighbor_scope=scope, restore=restore)
+                          neighbor_scope=scope, restore=restore, as_queries=as_queries)
     with ipcv.apply(tower, vision=cfg) as handle:
         out = tower_out(model, x)
         stats = handle.vision_stats

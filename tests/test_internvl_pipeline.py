@@ -89,11 +89,12 @@ SETTINGS = [
     {"vision": ipcv.IPCVConfig(prune_layer=7, as_layers=3, reduction_ratio=0.65)},
     {"vision": ipcv.IPCVConfig(neighbor_scope="same_image"), "llm": ipcv.LLMPruneConfig(method="dart")},
     {"llm": ipcv.LLMPruneConfig(method="fastv", layer=2, reduction_ratio=0.65)},
+    {"vision": ipcv.IPCVConfig(prune_layer=7, as_layers=3, reduction_ratio=0.65, as_queries="kept")},
 ]
 
 
 @pytest.mark.parametrize("preset, setting", [("tiny-internvl3", i) for i in range(len(SETTINGS))]
-                         + [("tiny-internvl3-qknorm", 0), ("tiny-internvl3-qknorm", 1)])
+                         + [("tiny-internvl3-qknorm", 0), ("tiny-internvl3-qknorm", 1), ("tiny-internvl3-qknorm", 4)])
 def test_analytic_flops_match_fvcore_and_flop_counter(preset, setting):
     """Eager attention: FlopCounterMode counts 0 for sdpa on CPU and does not count cdist."""
     model = build_tiny(preset, attn_implementation="eager")

@@ -83,6 +83,19 @@ def test_cell_ids_are_stable_and_follow_the_config():
     assert a == b and not set(a) & set(c)
 
 
+def test_a_setting_added_later_keeps_the_ids_of_cells_at_its_default():
+    """``as_queries`` came after outputs existed: at its default a cell keeps the id it had
+    without the field (its folder resumes), set to "kept" it is another cell."""
+    from dataclasses import replace
+
+    cells = [c for c in expand(parse_spec(tiny_profile())) if c.vision]
+    assert cells and all(c.vision["as_queries"] == "all" for c in cells)
+    for cell in cells:
+        before = replace(cell, vision={k: v for k, v in cell.vision.items() if k != "as_queries"})
+        assert cell.id == before.id
+        assert replace(cell, vision={**cell.vision, "as_queries": "kept"}).id != cell.id
+
+
 def test_worker_plan_shares_gpus_and_keeps_a_cpu_for_the_driver():
     # a worker of 2 GPUs (a sharded model) is refused by profiles until sharding exists; the plan
     # already shares the GPUs for it

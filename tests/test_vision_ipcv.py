@@ -86,7 +86,10 @@ def test_kept_counts_follow_the_budget(family, r_percent, video):
         ("per_image", "global", "ngr"),
     ],
 )
-def test_matches_written_out_reference(family, budget, scope, restore):
+@pytest.mark.parametrize("as_queries", ["all", "kept"])
+def test_matches_written_out_reference(family, budget, scope, restore, as_queries):
+    """The written-out rule computes every query in the AS blocks; ``as_queries="kept"`` must give
+    the same kept outputs without the others."""
     model = tiny(family, attn_implementation="eager")
     tower = tower_of(model)
     inp = random_patches([(1, 8, 8), (1, 4, 8)], seed=5)
@@ -96,7 +99,7 @@ def test_matches_written_out_reference(family, budget, scope, restore):
     )
     cfg = ipcv.IPCVConfig(
         prune_layer=K, reduction_ratio=r_percent / 100, as_layers=A, neighbors=k,
-        budget=budget, neighbor_scope=scope, restore=restore,
+        budget=budget, neighbor_scope=scope, restore=restore, as_queries=as_queries,
     )
     with ipcv.apply(model, vision=cfg) as handle:
         out = run_tower(tower, inp)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ipcv.families.base import FrameLayout, LanguageSide, VisionFamily
+from ipcv.families.base import FrameLayout, KeptQueries, LanguageSide, VisionFamily
 from ipcv.families.internvl import INTERNVL
 from ipcv.families.qwen_vl import QWEN2_5_VL, QWEN2_VL
 
@@ -28,4 +28,4 @@ def family_of(model: nn.Module) -> VisionFamily:
     )
 
 
-__all__ = ["FAMILIES", "FrameLayout", "LanguageSide", "VisionFamily", "family_of", "supported_description"]
+__all__ = ["FAMILIES", "FrameLayout", "KeptQueries", "LanguageSide", "VisionFamily", "family_of", "supported_description"]

@@ -30,6 +30,20 @@ class FrameLayout:
 
 
 @dataclass(frozen=True)
+class KeptQueries:
+    """The queries an Attention-Stabilization block computes when ``as_queries="kept"``: the kept
+    tokens' positions in the rebuilt sequence, and per attention segment of the call (image, frame,
+    window or tile, in order) how many kept queries and how many keys it holds (host integers,
+    zeros included, so the two lists pair up). ``position_embeddings``: the kept rows of the
+    tower's rotary tables (packed layout; ``None`` for tiles, which take no positions)."""
+
+    index: torch.Tensor
+    lengths: list[int]
+    key_lengths: list[int]
+    position_embeddings: Any = None
+
+
+@dataclass(frozen=True)
 class LanguageSide:
     """The multimodal container (it sees ``input_ids``), its language model, and the token ids
     that mark image / video positions in the prompt."""
@@ -125,10 +139,21 @@ class VisionFamily:
         full_states: torch.Tensor,
         kept: torch.Tensor,
         kwargs: dict[str, Any],
+        queries: KeptQueries | None = None,
     ) -> torch.Tensor:
         """One Attention-Stabilization block: attention over the rebuilt ``full_states`` (with the
         tower's own full-sequence arguments), its output added to the kept tokens only, then the
-        MLP on the kept tokens. Returns the kept tokens' new states."""
+        MLP on the kept tokens. Returns the kept tokens' new states. With ``queries``, the block's
+        attention module is called with ``ipcv_queries=queries`` and returns the kept rows only
+        (its forward is then ``kept_query_attention``'s)."""
+        raise NotImplementedError
+
+    def kept_query_attention(self, index: int, attention: nn.Module, original: Any) -> Any:
+        """A ``forward`` for one block's attention module (installed per instance on the
+        Attention-Stabilization blocks when ``as_queries="kept"``): called with ``ipcv_queries``,
+        it computes queries and the output projection for those tokens only, keys and values for
+        every token; called without, it is ``original``. Going through the module's own call
+        keeps its hooks (the study records token counts there)."""
         raise NotImplementedError
 
     def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -140,6 +165,17 @@ class VisionFamily:
 
     def describe(self) -> str:
         return f"{self.name} ({', '.join(self.model_classes + self.tower_classes)})"
+
+
+def attention_function(attention: nn.Module):
+    """The attention kernel a transformers attention module is configured to call (eager, sdpa,
+    flash...), looked up as the module itself does, so kept-query attention runs the same kernel."""
+    import sys
+
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+
+    eager = sys.modules[type(attention).__module__].eager_attention_forward
+    return ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager)
 
 
 def _is_one_of(module: nn.Module, class_names: tuple[str, ...]) -> bool:

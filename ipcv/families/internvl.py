@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ipcv.families.base import FrameLayout, VisionFamily, placeholder_runs
+from ipcv.families.base import FrameLayout, KeptQueries, VisionFamily, attention_function, placeholder_runs
 
 CLS = 1  # tokens in front of each tile's patches
 
@@ -77,15 +77,44 @@ class InternVLFamily(VisionFamily):
         full_states: torch.Tensor,
         kept: torch.Tensor,
         kwargs: dict[str, Any],
+        queries: KeptQueries | None = None,
     ) -> torch.Tensor:
         """``kept_states [T, k, D]`` at positions ``kept [T, k]`` of ``full_states [T, L, D]``."""
-        attended, _ = block.attention(block.layernorm_before(full_states))
-        index = kept[..., None].expand(-1, -1, attended.shape[-1])
-        hidden = kept_states + block.lambda_1 * attended.gather(1, index)
+        if queries is None:
+            attended, _ = block.attention(block.layernorm_before(full_states))
+            attended = attended.gather(1, kept[..., None].expand(-1, -1, attended.shape[-1]))
+        else:
+            attended, _ = block.attention(block.layernorm_before(full_states), ipcv_queries=queries)
+        hidden = kept_states + block.lambda_1 * attended
         return hidden + block.lambda_2 * block.dropout(block.mlp(block.layernorm_after(hidden)))
+
+    def kept_query_attention(self, index: int, attention: nn.Module, original: Any) -> Any:
+        def forward(hidden_states: torch.Tensor, *args: Any, ipcv_queries: KeptQueries | None = None,
+                    **kwargs: Any) -> tuple[torch.Tensor, Any]:
+            if ipcv_queries is None:
+                return original(hidden_states, *args, **kwargs)
+            return _kept_query_attention(attention, hidden_states, ipcv_queries.index)
+
+        return forward
 
     def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:
         return block.attention, block.mlp
+
+
+def _kept_query_attention(attention: nn.Module, x: torch.Tensor, kept: torch.Tensor) -> tuple[torch.Tensor, Any]:
+    """InternViT attention for the kept rows ``kept [T, k]`` of tiles ``x [T, L, D]``: queries
+    (and q-norm) from the kept tokens only, keys and values from every token of the tile, one
+    batched kernel call over the tiles, the output projection on the kept rows."""
+    tiles, length, width = x.shape
+    heads, head_dim = attention.num_heads, attention.head_dim
+    rows = x.gather(1, kept[..., None].expand(-1, -1, width))
+    q = attention.q_norm(attention.q_proj(rows)).reshape(tiles, -1, heads, head_dim).transpose(1, 2)
+    k = attention.k_norm(attention.k_proj(x)).reshape(tiles, length, heads, head_dim).transpose(1, 2)
+    v = attention.v_proj(x).view(tiles, length, heads, head_dim).transpose(1, 2)
+    out, weights = attention_function(attention)(attention, q, k, v, None, dropout=0.0, scaling=attention.scale,
+                                                 is_causal=False)
+    out = attention.projection_layer(out.reshape(tiles, kept.shape[1], width))
+    return attention.projection_dropout(out), weights
 
 
 INTERNVL = InternVLFamily()

@@ -12,9 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from ipcv.families.base import FrameLayout, VisionFamily, placeholder_runs
+from ipcv.families.base import FrameLayout, KeptQueries, VisionFamily, attention_function, placeholder_runs
 
 
 class QwenVLFamily(VisionFamily):
@@ -69,13 +70,64 @@ class QwenVLFamily(VisionFamily):
         full_states: torch.Tensor,
         kept: torch.Tensor,
         kwargs: dict[str, Any],
+        queries: KeptQueries | None = None,
     ) -> torch.Tensor:
-        attn_out = block.attn(block.norm1(full_states), **kwargs)
-        hidden = kept_states + attn_out.index_select(0, kept)
+        if queries is None:
+            attended = block.attn(block.norm1(full_states), **kwargs).index_select(0, kept)
+        else:
+            attended = block.attn(block.norm1(full_states), ipcv_queries=queries, **kwargs)
+        hidden = kept_states + attended
         return hidden + block.mlp(block.norm2(hidden))
+
+    def kept_query_attention(self, index: int, attention: nn.Module, original: Any) -> Any:
+        def forward(hidden_states: torch.Tensor, *args: Any, ipcv_queries: KeptQueries | None = None,
+                    **kwargs: Any) -> torch.Tensor:
+            if ipcv_queries is None:
+                return original(hidden_states, *args, **kwargs)
+            return _kept_query_attention(attention, hidden_states, ipcv_queries, kwargs["position_embeddings"])
+
+        return forward
 
     def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:
         return block.attn, block.mlp
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Qwen-VL's vision rotary embedding of ``x [n, heads, head_dim]``, in float32 as the tower
+    computes it (``apply_rotary_pos_emb_vision``), for queries and keys of different lengths."""
+    xf = x.float()
+    half = xf.shape[-1] // 2
+    rotated = torch.cat((-xf[..., half:], xf[..., :half]), dim=-1)
+    return (xf * cos.unsqueeze(-2).float() + rotated * sin.unsqueeze(-2).float()).to(x.dtype)
+
+
+def _kept_query_attention(attention: nn.Module, x: torch.Tensor, queries: KeptQueries,
+                          position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``attention``'s output for the kept rows of ``x [N, D]``: queries from the kept tokens only
+    (the first third of the fused qkv weight), keys and values from every token, each segment
+    attending within itself as in the tower's own call, then the output projection on the kept
+    rows. Returns ``[M, D]``."""
+    n, width = x.shape
+    heads = attention.num_heads
+    weight, bias = attention.qkv.weight, attention.qkv.bias
+    q = F.linear(x.index_select(0, queries.index), weight[:width], None if bias is None else bias[:width])
+    kv = F.linear(x, weight[width:], None if bias is None else bias[width:])
+    q = q.view(q.shape[0], heads, -1)
+    k, v = kv.view(n, 2, heads, -1).unbind(1)
+    (cos, sin), (cos_q, sin_q) = position_embeddings, queries.position_embeddings
+    q, k = _rotate(q, cos_q, sin_q), _rotate(k, cos, sin)
+    q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, tokens, head_dim]
+    kernel = attention_function(attention)
+    outputs, q_at, k_at = [], 0, 0
+    for q_len, k_len in zip(queries.lengths, queries.key_lengths):
+        if q_len:
+            out, _ = kernel(attention, q[:, :, q_at:q_at + q_len], k[:, :, k_at:k_at + k_len],
+                            v[:, :, k_at:k_at + k_len], attention_mask=None, scaling=attention.scaling,
+                            dropout=0.0, is_causal=False)
+            outputs.append(out)
+        q_at, k_at = q_at + q_len, k_at + k_len
+    out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
+    return attention.proj(out.reshape(q.shape[2], -1).contiguous())
 
 
 QWEN2_VL = QwenVLFamily(

@@ -2,10 +2,13 @@
 
 Convention: one multiply-add is 2 FLOPs; only matrix products are counted (patch embedding,
 q/k/v and output projections, attention scores and weighted sum, MLP, merger, and IPCV's distance
-matrix; InternVL's projector after the pixel shuffle counts as the merger). Norms, activations,
+matrix; InternVL's projector after the pixel shuffle counts as the merger). Queries and the output
+projection are counted for the tokens that ask queries: fewer than all in IPCV's
+Attention-Stabilization blocks with ``as_queries="kept"``. Norms, activations,
 softmax, rotary embeddings and NGR's gathers are elementwise and left out. Attention is counted
 per attended sequence as ``sum(l_i^2)``: per image/frame for full-attention blocks, per window
-for Qwen2.5-VL's window blocks and per tile for InternViT.
+for Qwen2.5-VL's window blocks and per tile for InternViT (``sum(q_i * l_i)`` when ``q_i`` of a
+segment's ``l_i`` tokens ask queries).
 
 The token layout is read, not assumed: forward pre-hooks on each block's attention and MLP
 record how many tokens entered them and the sequences attention ran within (the family adapter
@@ -34,9 +37,18 @@ def vision_dims(model: nn.Module) -> VisionDims:
 
 @dataclass
 class BlockLayout:
+    """Tokens one block's attention and MLP received. ``query_segments``: queries per attention
+    segment when fewer tokens asked queries than gave keys (IPCV's ``as_queries="kept"``), else
+    ``None`` (every token did)."""
+
     attn_tokens: int = 0
     attn_segments: list[int] = field(default_factory=list)
     mlp_tokens: int = 0
+    query_segments: list[int] | None = None
+
+    @property
+    def query_tokens(self) -> int:
+        return self.attn_tokens if self.query_segments is None else sum(self.query_segments)
 
 
 @dataclass
@@ -68,6 +80,8 @@ def record_vision_layout(model: nn.Module) -> Iterator[VisionLayout]:
             hidden = args[0] if args else kwargs["hidden_states"]
             layout.blocks[i].attn_tokens = _tokens(hidden)
             layout.blocks[i].attn_segments = family.attention_segments(hidden, args, kwargs)
+            queries = kwargs.get("ipcv_queries")
+            layout.blocks[i].query_segments = None if queries is None else list(queries.lengths)
 
         return hook
 
@@ -108,8 +122,10 @@ def vision_flops(dims: VisionDims, layout: VisionLayout, ipcv_overhead: int = 0)
         "ipcv_overhead": ipcv_overhead,
     }
     for block in layout.blocks:
-        parts["attn_proj"] += 2 * block.attn_tokens * d * 3 * d + 2 * block.attn_tokens * d * d
-        parts["attn_scores"] += 2 * 2 * sum(n * n for n in block.attn_segments) * d
+        # keys and values for every token; queries and the output projection for the querying ones
+        parts["attn_proj"] += 2 * block.attn_tokens * d * 2 * d + 2 * 2 * block.query_tokens * d * d
+        queries = block.query_segments or block.attn_segments
+        parts["attn_scores"] += 2 * 2 * sum(q * n for q, n in zip(queries, block.attn_segments)) * d
         parts["mlp"] += 2 * dims.mlp_matrices * block.mlp_tokens * d * dims.mlp_hidden
     groups = layout.merger_tokens // dims.merge_unit
     merged = d * dims.merge_unit

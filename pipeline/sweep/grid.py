@@ -53,11 +53,14 @@ class Cell:
         for later in ("weights", "overrides"):  # added later: cells that leave them at defaults keep their ids
             if model[later] == type(self.model).model_fields[later].default:
                 del model[later]
+        vision = self.vision
+        if vision is not None and vision.get("as_queries") == ipcv.IPCVConfig.as_queries:  # added later, as above
+            vision = {k: v for k, v in vision.items() if k != "as_queries"}
         config = {
             "model": model,
             "input": self.input.__dict__,
             "method": self.method,
-            "vision": self.vision,
+            "vision": vision,
             "llm": self.llm,
             "measurement": {k: v for k, v in self.measurement.items() if k != "max_retries"},
         }
