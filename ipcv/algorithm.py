@@ -158,16 +158,31 @@ def _dot_float32(rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     return rows.float() @ kept.float().T
 
 
+# The half-precision rebuild gathers rows when there are at least this many (removed tokens x
+# neighbours): measured on an H200 (benchmarks/ipcv_parts.py), at 6,660 rows (448²) embedding_bag's
+# fewer kernels win (0.063 vs 0.120 ms), at 53k-60k rows (16 frames x 448², 1344²) the gather does
+# (0.151-0.167 vs 0.229-0.261 ms); the switch lies between, at a size not measured on its own.
+_GATHER_MIN_ROWS = 16384
+# Largest transient of that gather (rows x width x 2 bytes); larger rebuilds take the float32
+# embedding_bag path, which needs no [R, k, D] intermediate.
+_GATHER_BYTES = 512 * 2**20
+
+
 class Reconstruction:
     """Neighbour-Guided Reconstruction of the removed tokens, prepared once per forward.
 
     ``removed = removed_anchor + sum_j w_j * (kept_now[n_j] - kept_anchor[n_j])`` is linear in
     ``kept_now``: it is stored as ``offset + sum_j w_j * kept_now[n_j]`` with
     ``offset = removed_anchor - sum_j w_j * kept_anchor[n_j]``, so each rebuild (once per
-    Attention Stabilization block and once at the end) is one weighted gather-sum
-    (``embedding_bag``: no [R, k, D] intermediate), in float32, returned in the dtype of
-    ``kept_now``. Without neighbours (``index`` of width 0, or ``None`` for ``frozen``
-    restoration) it returns the anchors: the no-NGR ablation.
+    Attention Stabilization block and once at the end) is one weighted gather-sum in float32,
+    returned in the dtype of ``kept_now``. Float32 states and non-uniform weights (scoped
+    neighbours) go through ``embedding_bag`` (no [R, k, D] intermediate). Half-precision states
+    with ``uniform`` weights (every removed token has k neighbours of weight 1/k: the unscoped
+    search) at large sizes are gathered as they are and summed with float32 accumulation, then
+    scaled by 1/k: the bf16/fp16 values are exact in float32, so this is the same sum in another
+    order, with half the bytes read and without converting ``kept_now`` to float32 first (measured
+    faster on an H200 from 16 frames x 448² on, slower at 448², docs/benchmarks.md). Without neighbours (``index`` of width 0, or ``None`` for
+    ``frozen`` restoration) it returns the anchors: the no-NGR ablation.
     """
 
     def __init__(
@@ -176,18 +191,27 @@ class Reconstruction:
         removed_anchor: torch.Tensor,
         neighbor_index: torch.Tensor | None,
         neighbor_weight: torch.Tensor | None,
+        uniform: bool = False,
     ) -> None:
         self.offset = removed_anchor.float()
         self.index: torch.Tensor | None = None
         if neighbor_index is not None and neighbor_index.shape[1] > 0 and removed_anchor.shape[0] > 0:
-            # one flat bag per removed token: the 2-D form would build these offsets on every call
             n_removed, width = neighbor_index.shape
             self.index = neighbor_index.reshape(-1)
-            self.bags = torch.arange(0, n_removed * width, width, device=neighbor_index.device)
-            self.weight = neighbor_weight.float().reshape(-1)
+            self.width = width
+            half = kept_anchor.dtype in (torch.float16, torch.bfloat16)
+            rows = self.index.numel()
+            self.gather = (uniform and half and rows >= _GATHER_MIN_ROWS
+                           and rows * kept_anchor.shape[-1] * 2 <= _GATHER_BYTES)
+            if not self.gather:  # one flat bag per removed token: the 2-D form rebuilds these offsets every call
+                self.bags = torch.arange(0, n_removed * width, width, device=neighbor_index.device)
+                self.weight = neighbor_weight.float().reshape(-1)
             self.offset = self.offset - self._weighted_sum(kept_anchor)
 
     def _weighted_sum(self, kept: torch.Tensor) -> torch.Tensor:
+        if self.gather:
+            rows = kept.index_select(0, self.index).view(-1, self.width, kept.shape[-1])
+            return rows.sum(dim=1, dtype=torch.float32).mul_(1.0 / self.width)
         return F.embedding_bag(self.index, kept.float(), self.bags, per_sample_weights=self.weight, mode="sum")
 
     def __call__(self, kept_now: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,6 @@
 """The pure functions against hand-computed cases."""
 
+import pytest
 import torch
 
 from ipcv import algorithm as alg
@@ -77,6 +78,30 @@ def test_neighbors_and_reconstruction_by_hand():
     rebuilt = alg.Reconstruction(kept_anchor, removed_anchor, index, weight)(kept_now)
     # each removed token moves by the mean drift of kept0 and kept1 = (2, 2)
     assert torch.allclose(rebuilt, removed_anchor + 2.0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_rebuild_is_the_float32_rebuild_of_the_same_values(dtype):
+    """Uniform weights in bf16/fp16: the gather-then-sum path equals the float32 embedding_bag
+    path on the same (exactly representable) values up to the order of float32 sums, i.e. to the
+    output's rounding; scoped (non-uniform) weights keep the float32 path."""
+    generator = torch.Generator().manual_seed(7)
+    kept_anchor = torch.randn(1400, 16, generator=generator).to(dtype)
+    removed_anchor = torch.randn(3300, 16, generator=generator).to(dtype)  # 3300 x 5 rows: gathered
+    kept_now = (kept_anchor.float() + torch.randn(1400, 16, generator=generator)).to(dtype)
+    index, weight = alg.find_neighbors(removed_anchor, kept_anchor, 5)
+    half = alg.Reconstruction(kept_anchor, removed_anchor, index, weight, uniform=True)
+    assert half.gather
+    expected = alg.Reconstruction(kept_anchor.float(), removed_anchor.float(), index, weight)(kept_now.float())
+    rebuilt = half(kept_now)
+    assert rebuilt.dtype == dtype
+    torch.testing.assert_close(rebuilt.float(), expected, rtol=0, atol=2 * expected.abs().max().item() * 2 ** -8)
+    # the removed tokens move by the mean drift of their neighbours, as written out
+    drift = (kept_now.float() - kept_anchor.float())[index].mean(dim=1)
+    torch.testing.assert_close(rebuilt.float(), (removed_anchor.float() + drift).to(dtype).float(),
+                               rtol=0, atol=2 * expected.abs().max().item() * 2 ** -8)
+    assert not alg.Reconstruction(kept_anchor, removed_anchor, index, weight).gather  # non-uniform weights
+    assert not alg.Reconstruction(kept_anchor, removed_anchor[:100], index[:100], weight[:100], uniform=True).gather
 
 
 def test_same_segment_neighbours_and_missing_neighbours():
