@@ -199,6 +199,13 @@ class ModelFamily:
         """Arguments that call the tower alone on a built request's pixels."""
         raise NotImplementedError
 
+    def host_layout_call(self, tower: nn.Module, inp: Any) -> tuple[tuple, dict[str, Any]]:
+        """Arguments that call the tower alone on a ``VisionInput`` (already on the tower's
+        device) with every layout value it would derive from the input computed on the host, so
+        that the call reads nothing back from the device and can be captured as a CUDA graph
+        (``ipcv.cuda_graph``). Families whose tower derives nothing (fixed tiles) use the plain call."""
+        return self.vision_input_call(inp)
+
     def features(self, tower_output: Any) -> torch.Tensor:
         """The visual features the tower hands to the LLM."""
         raise NotImplementedError

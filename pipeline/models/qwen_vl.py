@@ -300,6 +300,24 @@ class QwenVL(ModelFamily):
     def vision_input_call(self, inp: VisionInput) -> tuple[tuple, dict[str, Any]]:
         return (inp.pixel_values,), {"grid_thw": inp.grid_thw}
 
+    def host_layout_call(self, tower: nn.Module, inp: VisionInput) -> tuple[tuple, dict[str, Any]]:
+        """The tower pops precomputed layout values from its keyword arguments (transformers'
+        ``vision_utils``): ``cu_seqlens`` (and Qwen2.5-VL's window boundaries) stay on the host,
+        where transformers' sdpa path reads them in every block, positions and the window order go
+        to the device. ``grid_thw`` stays on the host for IPCV's patch, which reads it."""
+        from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
+
+        grid, device, cfg = inp.grid_thw.cpu(), inp.pixel_values.device, tower.config
+        kwargs: dict[str, Any] = {
+            "grid_thw": grid, "cu_seqlens": get_vision_cu_seqlens(grid),
+            "position_ids": get_vision_position_ids(grid, cfg.spatial_merge_size).to(device),
+        }
+        if getattr(cfg, "fullatt_block_indexes", None) is not None:  # Qwen2.5-VL's window attention
+            order, window_cu = get_vision_window_index(grid, spatial_merge_size=cfg.spatial_merge_size,
+                                                       window_size=cfg.window_size, patch_size=cfg.patch_size)
+            kwargs.update(window_index=order.to(device), cu_window_seqlens=window_cu)
+        return (inp.pixel_values,), kwargs
+
     def _grid(self, request: dict[str, torch.Tensor]) -> torch.Tensor:
         return request.get("image_grid_thw", request.get("video_grid_thw"))
 
