@@ -59,6 +59,13 @@ def parser(doc: str, *, resolutions: str, warmup: int, repeats: int) -> argparse
     return p
 
 
+def spread(timing: dict[str, Any] | None) -> str:
+    """A latency as the tables write it: ``median [p10, p90]`` in ms (``-`` when not measured)."""
+    if timing is None:
+        return "-"
+    return f"{timing['median_ms']:.2f} [{timing['p10_ms']:.2f}, {timing['p90_ms']:.2f}]"
+
+
 def command_line() -> str:
     return " ".join(["python", *sys.argv])
 

@@ -130,8 +130,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         v, p = r["vision"], r["prefill"]
         lines.append(
             f"| {r['resolution']}² | {r['method']} | {r['image_tokens_llm']} → {r['image_tokens_kept']} "
-            f"| {v['median_ms']:.2f} [{v['p10_ms']:.2f}, {v['p90_ms']:.2f}] "
-            f"| {p['median_ms']:.2f} [{p['p10_ms']:.2f}, {p['p90_ms']:.2f}] "
+            f"| {common.spread(v)} | {common.spread(p)} "
             f"| {r['vision_flops'] / 1e9:.1f} | {r['prefill_flops'] / 1e9:.1f} | {r['kv_cache_mib']:.1f} |"
         )
     return "\n".join(lines)

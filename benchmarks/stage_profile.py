@@ -26,10 +26,6 @@ SETTINGS = {
 }
 
 
-def _ms(t) -> str:
-    return "-" if t is None else f"{t['median_ms']:.2f} [{t['p10_ms']:.2f}, {t['p90_ms']:.2f}]"
-
-
 def _g(x) -> str:
     return "-" if x is None else f"{x / 1e9:.0f}"
 
@@ -55,8 +51,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
         kv = "-" if r["kv_cache_bytes"] is None else f"{r['kv_cache_bytes'] / 2**20:.1f}"
         vt, pt = s["vision"]["tokens"], s["prefill"]["tokens"]
         lines.append(
-            f"| {r['resolution']}² | {r['setting']} | {_ms(s['preprocess']['time'])} | {_ms(s['vision']['time'])} "
-            f"| {_ms(s['prefill']['time'])} | {_ms(r['decode_per_token'])} | {_ms(s['e2e']['time'])} "
+            f"| {r['resolution']}² | {r['setting']} | {common.spread(s['preprocess']['time'])} | {common.spread(s['vision']['time'])} "
+            f"| {common.spread(s['prefill']['time'])} | {common.spread(r['decode_per_token'])} | {common.spread(s['e2e']['time'])} "
             f"| {flops['vision']} | {flops['prefill']} | {mem} | {kv} | {vt['patches_in']} → {vt['kept_after_prune_layer']} "
             f"| {pt['visual_tokens_in']} → {pt['visual_tokens_kept']} |"
         )

@@ -13,6 +13,9 @@ selection, and the cosine of the new outputs to the old ones per token.
     PYTHONPATH=. python benchmarks/version_compare.py dump /tmp/after.pt
     python benchmarks/version_compare.py compare /tmp/before.pt /tmp/after.pt --out docs/results/x.json
 
+``--as-queries kept`` dumps the same code with ``IPCVConfig(as_queries="kept")``: comparing it with
+a default dump says what computing only the kept queries changes.
+
 (``pipeline`` comes from this checkout in both runs; only ``ipcv`` differs.)
 """
 
@@ -57,7 +60,7 @@ def synchronising_calls(tower, device: torch.device) -> dict:
     return found
 
 
-def dump(path: Path, device: torch.device, size: str) -> None:
+def dump(path: Path, device: torch.device, size: str, as_queries: str = "all") -> None:
     neighbours: list[torch.Tensor] = []
     search = alg.find_neighbors
 
@@ -73,7 +76,8 @@ def dump(path: Path, device: torch.device, size: str) -> None:
         tower = common.build(size, dtype, device, "sdpa", tower_only=True)
         for name, grid in inputs.items():
             inp = random_patches(grid, seed=1).to(device, getattr(torch, dtype))
-            with torch.inference_mode(), ipcv.apply(tower, vision=ipcv.IPCVConfig()) as handle:
+            config = ipcv.IPCVConfig(as_queries=as_queries) if as_queries != "all" else ipcv.IPCVConfig()
+            with torch.inference_mode(), ipcv.apply(tower, vision=config) as handle:
                 neighbours.clear()
                 features = common.encode(tower, inp)
                 stats = handle.vision_stats
@@ -130,13 +134,15 @@ def main() -> None:
     d.add_argument("path", type=Path)
     d.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     d.add_argument("--size", choices=common.SIZES, default="7b")
+    d.add_argument("--as-queries", choices=["all", "kept"], default="all",
+                   help="IPCVConfig.as_queries (compare an 'all' dump with a 'kept' dump of the same code)")
     c = sub.add_parser("compare")
     c.add_argument("old", type=Path)
     c.add_argument("new", type=Path)
     c.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
     if args.command == "dump":
-        dump(args.path, torch.device(args.device), args.size)
+        dump(args.path, torch.device(args.device), args.size, args.as_queries)
         return
     summary = compare(args.old, args.new)
     text = json.dumps(summary, indent=1)

@@ -22,7 +22,16 @@ setting there (K=7, r=0.65, A=3, k=10).
 ``--videos FxS``: a video of F frames at S² (Qwen-VL pairs frames into temporal patches: F/2
 grid steps of (S/14)² patches, one attention segment each). ``--float32-neighbour-search`` runs
 the neighbour search of half-precision features through float32 ``cdist`` as before issue 17 (an
-ablation: that lever's share of a change).
+ablation: that lever's share of a change). ``--as-queries kept`` computes only the kept tokens'
+queries in the Attention-Stabilization blocks (``IPCVConfig.as_queries``).
+
+``--cuda-graph`` (CUDA only) also times both towers captured as CUDA graphs (``ipcv.cuda_graph``),
+each called with its layout computed on the host (the same call for both), and checks that a
+replay gives the eager call's output; a layout IPCV cannot capture (a video under the global
+budget) is recorded as such. Graphed figures are compared only with each other.
+
+    python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa --resolutions 448,896,1344 \
+        --videos 16x448 --as-queries all,kept --cuda-graph
     python benchmarks/vision_encoder.py --device cpu --size small --resolutions 224,448 --repeats 3
 """
 
@@ -37,9 +46,10 @@ import torch
 
 import ipcv
 from ipcv import algorithm as alg
+from ipcv.cuda_graph import GraphedCall
 from pipeline.measure.timing import provenance, time_call
 from pipeline.measure.vision_flops import record_vision_layout, vision_dims, vision_flops
-from pipeline.models import VisionInput, family_named, parse_dtype
+from pipeline.models import VisionInput, family_named, family_of, parse_dtype
 from pipeline.models.internvl import PATCH as TILE_PATCH
 from pipeline.models.internvl import TILE, tile_images
 from pipeline.models.qwen_vl import PATCH, random_patches
@@ -91,60 +101,98 @@ def random_input(layout: tuple[int, int, int] | int) -> tuple[VisionInput, dict]
     return inp, {"grid_thw": list(layout), "tokens": layout[0] * layout[1] * layout[2]}
 
 
-def bench_one(tower, label: str, layout: tuple[int, int, int] | int, cfg: ipcv.IPCVConfig, attn: str, device,
-              dtype, warmup: int, repeats: int) -> dict:
+def graphed_latency(tower, forward, config: ipcv.IPCVConfig | None, device, warmup: int, repeats: int) -> dict:
+    """``forward`` (a host-layout call) captured as a CUDA graph, unpatched or with ``config``:
+    latency, and the largest difference between a replay and an eager call (0 when the replay is
+    faithful)."""
+    handle = ipcv.apply(tower, vision=config) if config else None
+    try:
+        graphed = GraphedCall(forward)
+        result = {"timing": time_call(graphed, device, warmup, repeats).to_dict()}
+        replayed = graphed().float().clone()
+        result["replay_max_diff"] = float((forward().float() - replayed).abs().max())
+        del graphed
+        return result
+    except Exception as err:
+        traceback.print_exc()
+        return {"error": f"{type(err).__name__}: {err}"[:300]}
+    finally:
+        if handle:
+            handle.remove()
+        torch.cuda.empty_cache()
+
+
+def bench_one(tower, label: str, layout: tuple[int, int, int] | int, cfgs: list[ipcv.IPCVConfig], attn: str,
+              device, dtype, warmup: int, repeats: int, cuda_graph: bool = False) -> list[dict]:
+    """One input: the unpatched tower once, then IPCV with each config (rows share the baseline)."""
     inp, described = random_input(layout)
     inp = inp.to(device, dtype)
     dims = vision_dims(tower)
+    family = family_of(tower)
+    static_args, static_kwargs = family.host_layout_call(tower, inp)
 
     def forward():
         with torch.inference_mode():
             return common.encode(tower, inp)
 
-    row: dict = {"input": label, **described, "attn": attn}
+    def static_forward():
+        with torch.inference_mode():
+            return family.features(tower(*static_args, **static_kwargs))
+
+    base: dict = {"input": label, **described, "attn": attn}
+    rows = []
     with common.attention_context(attn):
         with record_vision_layout(tower) as layout:
             forward()
-        row["flops_base"] = vision_flops(dims, layout)["total"]
-        row["base"] = time_call(forward, device, warmup, repeats).to_dict()
-        row["mem_base_mib"] = peak_memory_mib(forward, device)
-        with ipcv.apply(tower, vision=cfg) as handle:
-            with record_vision_layout(tower) as layout:
-                forward()
-            stats = handle.vision_stats
-            row["kept"] = stats.total_kept
-            row["flops_ipcv"] = vision_flops(dims, layout, stats.neighbor_search_flops)["total"]
-            row["flops_overhead"] = stats.neighbor_search_flops
-            row["ipcv"] = time_call(forward, device, warmup, repeats).to_dict()
-            row["mem_ipcv_mib"] = peak_memory_mib(forward, device)
-            # A separate set of runs: timing the steps adds one synchronisation per call.
-            handle.time_overhead = True
-            overhead: list[dict[str, float]] = []
+        base["flops_base"] = vision_flops(dims, layout)["total"]
+        base["base"] = time_call(forward, device, warmup, repeats).to_dict()
+        base["mem_base_mib"] = peak_memory_mib(forward, device)
+        if cuda_graph:
+            graphed = graphed_latency(tower, static_forward, None, device, warmup, repeats)
+            base.update({f"base_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
+        for cfg in cfgs:
+            row = {**base, "as_queries": cfg.as_queries}
+            with ipcv.apply(tower, vision=cfg) as handle:
+                with record_vision_layout(tower) as layout:
+                    forward()
+                stats = handle.vision_stats
+                row["kept"] = stats.total_kept
+                row["flops_ipcv"] = vision_flops(dims, layout, stats.neighbor_search_flops)["total"]
+                row["flops_overhead"] = stats.neighbor_search_flops
+                row["ipcv"] = time_call(forward, device, warmup, repeats).to_dict()
+                row["mem_ipcv_mib"] = peak_memory_mib(forward, device)
+                # A separate set of runs: timing the steps adds one synchronisation per call.
+                handle.time_overhead = True
+                overhead: list[dict[str, float]] = []
 
-            def forward_with_overhead():
-                forward()
-                overhead.append(handle.vision_stats.overhead_ms)
+                def forward_with_overhead(overhead=overhead, handle=handle):
+                    forward()
+                    overhead.append(handle.vision_stats.overhead_ms)
 
-            timed = time_call(forward_with_overhead, device, 1, repeats)
-            overhead = overhead[1:]  # drop the warm-up call
-            parts = {k: statistics.median(o[k] for o in overhead) for k in overhead[0]}
-            row["overhead_ms"] = parts
-            row["overhead_share"] = sum(parts.values()) / timed.median_ms
-    return row
+                timed = time_call(forward_with_overhead, device, 1, repeats)
+                overhead = overhead[1:]  # drop the warm-up call
+                parts = {k: statistics.median(o[k] for o in overhead) for k in overhead[0]}
+                row["overhead_ms"] = parts
+                row["overhead_share"] = sum(parts.values()) / timed.median_ms
+            if cuda_graph:
+                graphed = graphed_latency(tower, static_forward, cfg, device, warmup, repeats)
+                row.update({f"ipcv_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
+            rows.append(row)
+    return rows
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         f"Vision encoder ({meta['size']}: {meta['size_config']}), {meta['dtype']}, batch 1 image, "
-        f"IPCV {meta['ipcv']}",
+        f"IPCV {meta['ipcv'][0]}" + (" (AS queries as in each row)" if len(meta['ipcv']) > 1 else ""),
         f"Device: {meta['provenance']['device']} ({meta['provenance']['device_type']}), torch "
         f"{meta['provenance']['torch']}, transformers {meta['provenance']['transformers']}, "
         f"clock {rows[0]['base']['clock'] if rows and 'base' in rows[0] else '-'}; "
         f"latency median [p10, p90] over {meta['repeats']} repeats after {meta['warmup']} warm-up",
         "",
-        "| input | attn | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs | IPCV GFLOPs | FLOPs saved "
-        "| peak MiB base / IPCV | IPCV overhead (sel / nbr / restore ms) | overhead share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| input | attn | AS queries | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs | IPCV GFLOPs "
+        "| FLOPs saved | peak MiB base / IPCV | IPCV overhead (sel / nbr / restore ms) | overhead share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
@@ -154,14 +202,30 @@ def markdown(rows: list[dict], meta: dict) -> str:
         o = r["overhead_ms"]
         mem = "n/m" if r["mem_base_mib"] is None else f"{r['mem_base_mib']:.0f} / {r['mem_ipcv_mib']:.0f}"
         lines.append(
-            f"| {r['input']} | {r['attn']} | {r['tokens']} | {r['kept']} "
-            f"| {b['median_ms']:.2f} [{b['p10_ms']:.2f}, {b['p90_ms']:.2f}] "
-            f"| {i['median_ms']:.2f} [{i['p10_ms']:.2f}, {i['p90_ms']:.2f}] "
+            f"| {r['input']} | {r['attn']} | {r['as_queries']} | {r['tokens']} | {r['kept']} "
+            f"| {common.spread(b)} | {common.spread(i)} "
             f"| {b['median_ms'] / i['median_ms']:.2f}x | {r['flops_base'] / 1e9:.1f} | {r['flops_ipcv'] / 1e9:.1f} "
             f"| {100 * (1 - r['flops_ipcv'] / r['flops_base']):.1f}% | {mem} "
             f"| {o.get('selection', 0):.2f} / {o.get('neighbors', 0):.2f} / {o.get('restoration', 0):.2f} "
             f"| {100 * r['overhead_share']:.1f}% |"
         )
+    graphed = [r for r in rows if "error" not in r and ("base_graph" in r or "base_graph_error" in r)]
+    if graphed:
+        lines += ["", "CUDA graphs (both towers captured on the same host-layout call; compare only with each other):", "",
+                  "| input | attn | AS queries | base graph ms | IPCV graph ms | speed-up "
+                  "| replay = eager (max abs diff base / IPCV) |",
+                  "|---|---|---|---|---|---|---|"]
+        for r in graphed:
+            if "base_graph" not in r or "ipcv_graph" not in r:
+                why = r.get("ipcv_graph_error") or r.get("base_graph_error")
+                lines.append(f"| {r['input']} | {r['attn']} | {r['as_queries']} | not captured: {why} |")
+                continue
+            b, i = r["base_graph"], r["ipcv_graph"]
+            lines.append(
+                f"| {r['input']} | {r['attn']} | {r['as_queries']} "
+                f"| {common.spread(b)} | {common.spread(i)} | {b['median_ms'] / i['median_ms']:.2f}x "
+                f"| {r['base_graph_replay_max_diff']:.3g} / {r['ipcv_graph_replay_max_diff']:.3g} |"
+            )
     return "\n".join(lines)
 
 
@@ -178,7 +242,17 @@ def main() -> None:
     parser.add_argument("--videos", default="", help="comma list of FRAMESxSIDE videos, e.g. 16x448")
     parser.add_argument("--float32-neighbour-search", action="store_true",
                         help="ablation: search neighbours of bf16/fp16 features with float32 cdist")
+    parser.add_argument("--as-queries", default="all",
+                        help="comma list of all, kept: the queries the Attention-Stabilization blocks compute "
+                             "(IPCVConfig.as_queries); each is a row against the same baseline")
+    parser.add_argument("--budget", choices=["global", "per_image"], default="global",
+                        help="IPCVConfig.budget: per_image keeps floor(n (1 - r)) of every frame, so the host "
+                             "knows each frame's count (a video under it can be captured as a CUDA graph)")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="also time both towers captured as CUDA graphs (CUDA only)")
     args = parser.parse_args()
+    if args.cuda_graph and not args.device.startswith("cuda"):
+        raise SystemExit("--cuda-graph needs --device cuda: CUDA graphs replay GPU kernels")
     if args.float32_neighbour_search:
         search = alg.find_neighbors
         alg.find_neighbors = lambda removed, kept, *rest: search(removed.float(), kept.float(), *rest)
@@ -188,10 +262,11 @@ def main() -> None:
     if (size in common.INTERNVIT) != internvl:
         raise SystemExit(f"--size {size} is not a size of --family {args.family}")
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
-    cfg = ipcv.IPCVConfig(
+    cfgs = [ipcv.IPCVConfig(
         prune_layer=args.prune_layer or (7 if internvl else 3), reduction_ratio=args.reduction_ratio,
-        as_layers=args.as_layers or (3 if internvl else 7), neighbors=args.neighbors,
-    )
+        as_layers=args.as_layers or (3 if internvl else 7), neighbors=args.neighbors, as_queries=queries,
+        budget=args.budget,
+    ) for queries in args.as_queries.split(",")]
     inputs = parse_tiles(args.resolutions, args.videos) if internvl else parse_inputs(args.resolutions, args.videos)
     rows = []
     for attn in args.attn.split(","):
@@ -202,18 +277,21 @@ def main() -> None:
             continue
         for label, grid in inputs:
             try:
-                row = bench_one(tower, label, grid, cfg, attn, device, dtype, args.warmup, args.repeats)
+                found = bench_one(tower, label, grid, cfgs, attn, device, dtype, args.warmup, args.repeats,
+                                  args.cuda_graph)
             except Exception as err:
                 traceback.print_exc()
-                row = {"input": label, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]}
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+                found = [{"input": label, "attn": attn, "error": f"{type(err).__name__}: {err}"[:160]}]
+            rows += found
+            for row in found:
+                print(json.dumps(row), flush=True)
         del tower
     family = family_named(args.family)
     meta = {
         "family": args.family, "size": size,
         "size_config": family.size_spec(common.INTERNVIT.get(size, size) if internvl else size)["vision"],
-        "dtype": args.dtype, "ipcv": cfg.to_dict(), "float32_neighbour_search": args.float32_neighbour_search,
+        "dtype": args.dtype, "ipcv": [cfg.to_dict() for cfg in cfgs], "float32_neighbour_search": args.float32_neighbour_search,
+        "cuda_graph": args.cuda_graph,
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
         "command": common.command_line(),
     }
