@@ -181,8 +181,9 @@ class Reconstruction:
     search) at large sizes are gathered as they are and summed with float32 accumulation, then
     scaled by 1/k: the bf16/fp16 values are exact in float32, so this is the same sum in another
     order, with half the bytes read and without converting ``kept_now`` to float32 first (measured
-    faster on an H200 from 16 frames x 448² on, slower at 448², docs/benchmarks.md). Without neighbours (``index`` of width 0, or ``None`` for
-    ``frozen`` restoration) it returns the anchors: the no-NGR ablation.
+    faster on an H200 from 16 frames x 448² on, slower at 448², docs/benchmarks.md). Without
+    neighbours (``index`` of width 0, or ``None`` for ``frozen`` restoration) it returns the
+    anchors: the no-NGR ablation.
     """
 
     def __init__(
