@@ -95,9 +95,9 @@ class _PrunePlan:
 
     def segment_lengths(self, cu: torch.Tensor) -> tuple[list[int], list[int]]:
         """Kept tokens and all tokens of each segment of the tower's ``cu`` (zeros included), on
-        the host (once per ``cu``). Known without reading the device for one segment, a ``cu`` on
-        the host, or one boundary per frame with the kept counts per frame known; otherwise read
-        once (the tower's own sdpa path reads ``cu`` in every block)."""
+        the host (once per ``cu``). Known without reading the device for one segment, or for one
+        boundary per frame with the kept counts per frame known; otherwise the kept counts per
+        segment are read once (the tower's own sdpa path reads ``cu`` in every block)."""
         for source, lengths in self._lengths_cache:
             if source is cu:
                 return lengths
