@@ -151,9 +151,22 @@ class VisionFamily:
     def kept_query_attention(self, index: int, attention: nn.Module, original: Any) -> Any:
         """A ``forward`` for one block's attention module (installed per instance on the
         Attention-Stabilization blocks when ``as_queries="kept"``): called with ``ipcv_queries``,
-        it computes queries and the output projection for those tokens only, keys and values for
-        every token; called without, it is ``original``. Going through the module's own call
-        keeps its hooks (the study records token counts there)."""
+        it is ``attend_kept``; called without, it is ``original``. Going through the module's own
+        call keeps its hooks (the study records token counts there)."""
+
+        def forward(hidden_states: torch.Tensor, *args: Any, ipcv_queries: KeptQueries | None = None,
+                    **kwargs: Any) -> Any:
+            if ipcv_queries is None:
+                return original(hidden_states, *args, **kwargs)
+            return self.attend_kept(attention, hidden_states, ipcv_queries, kwargs)
+
+        return forward
+
+    def attend_kept(self, attention: nn.Module, hidden: torch.Tensor, queries: KeptQueries,
+                    kwargs: dict[str, Any]) -> Any:
+        """What ``attention`` returns for the kept rows of ``hidden`` only (its output in the
+        module's own return form): queries and the output projection for ``queries.index``, keys
+        and values for every token, each attention segment attending within itself."""
         raise NotImplementedError
 
     def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:

@@ -88,14 +88,9 @@ class InternVLFamily(VisionFamily):
         hidden = kept_states + block.lambda_1 * attended
         return hidden + block.lambda_2 * block.dropout(block.mlp(block.layernorm_after(hidden)))
 
-    def kept_query_attention(self, index: int, attention: nn.Module, original: Any) -> Any:
-        def forward(hidden_states: torch.Tensor, *args: Any, ipcv_queries: KeptQueries | None = None,
-                    **kwargs: Any) -> tuple[torch.Tensor, Any]:
-            if ipcv_queries is None:
-                return original(hidden_states, *args, **kwargs)
-            return _kept_query_attention(attention, hidden_states, ipcv_queries.index)
-
-        return forward
+    def attend_kept(self, attention: nn.Module, hidden: torch.Tensor, queries: KeptQueries,
+                    kwargs: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        return _kept_query_attention(attention, hidden, queries.index)
 
     def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:
         return block.attention, block.mlp

@@ -79,14 +79,9 @@ class QwenVLFamily(VisionFamily):
         hidden = kept_states + attended
         return hidden + block.mlp(block.norm2(hidden))
 
-    def kept_query_attention(self, index: int, attention: nn.Module, original: Any) -> Any:
-        def forward(hidden_states: torch.Tensor, *args: Any, ipcv_queries: KeptQueries | None = None,
-                    **kwargs: Any) -> torch.Tensor:
-            if ipcv_queries is None:
-                return original(hidden_states, *args, **kwargs)
-            return _kept_query_attention(attention, hidden_states, ipcv_queries, kwargs["position_embeddings"])
-
-        return forward
+    def attend_kept(self, attention: nn.Module, hidden: torch.Tensor, queries: KeptQueries,
+                    kwargs: dict[str, Any]) -> torch.Tensor:
+        return _kept_query_attention(attention, hidden, queries, kwargs["position_embeddings"])
 
     def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:
         return block.attn, block.mlp

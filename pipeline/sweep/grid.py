@@ -37,6 +37,10 @@ class InputSpec:
         return f"{self.kind}{self.resolution}" + (f"x{self.frames}f" if self.frames else "")
 
 
+# IPCVConfig fields added after outputs existed: a cell at their default keeps the id it had
+_VISION_ADDED_LATER = ("as_queries",)
+
+
 @dataclass(frozen=True)
 class Cell:
     model: ModelSpec
@@ -53,9 +57,10 @@ class Cell:
         for later in ("weights", "overrides"):  # added later: cells that leave them at defaults keep their ids
             if model[later] == type(self.model).model_fields[later].default:
                 del model[later]
-        vision = self.vision
-        if vision is not None and vision.get("as_queries") == ipcv.IPCVConfig.as_queries:  # added later, as above
-            vision = {k: v for k, v in vision.items() if k != "as_queries"}
+        vision = None if self.vision is None else dict(self.vision)
+        for later in _VISION_ADDED_LATER if vision is not None else ():  # the same for IPCV settings
+            if vision.get(later) == getattr(ipcv.IPCVConfig, later):
+                vision.pop(later)
         config = {
             "model": model,
             "input": self.input.__dict__,
