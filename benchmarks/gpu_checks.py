@@ -1,7 +1,10 @@
 """Correctness checks that only a GPU can run: IPCV under bf16/fp16 CUDA kernels and the
-FlashAttention backend, at the Qwen2-VL-7B vision-encoder size (random weights).
+FlashAttention backend, at the Qwen2-VL-7B vision-encoder size (random weights), and the kernel
+choices of ``ipcv.algorithm.Kernels`` (the fused Triton rebuild, the padded distance product)
+against the torch path.
 
     python benchmarks/gpu_checks.py
+    python benchmarks/gpu_checks.py --only kernels
 Prints one line per check with PASS/FAIL and the figures behind it; exits non-zero on a failure.
 """
 
@@ -13,6 +16,7 @@ import common
 import torch
 
 import ipcv
+from ipcv import algorithm as alg
 from pipeline.models import build_tiny, family_of
 from pipeline.models.qwen_vl import random_patches
 
@@ -31,12 +35,83 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--size", choices=common.SIZES, default="7b", help="7b, or small for a CPU dry run")
+    parser.add_argument("--only", choices=["all", "ipcv", "kernels"], default="all")
     args = parser.parse_args()
     device = torch.device(args.device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(name, "torch", torch.__version__, flush=True)
+    if args.only in ("all", "ipcv"):
+        check_ipcv(device, args.size)
+    if args.only in ("all", "kernels"):
+        check_kernel_choices(device, args.size)
+    sys.exit(1 if failures else 0)
+
+
+def _ulps(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Largest difference of two bf16 results in units of bf16's last place (of the larger)."""
+    scale = torch.maximum(a.double().abs(), b.double().abs()).clamp(min=2 ** -14) * 2 ** -7
+    return float(((a.double() - b.double()).abs() / scale).max())
+
+
+def check_kernel_choices(device: torch.device, size: str) -> None:
+    """Each choice of ``alg.Kernels`` against the torch path on bf16 states of the encoder's width:
+    one rebuild within one rounding, neighbour sets of the padded product, and whole towers (one
+    1344² image, 16 frames at 448²) within bf16 noise of the torch path."""
+    fused_ok = device.type == "cuda"
+    try:
+        from ipcv import rebuild_kernel  # noqa: F401
+    except ImportError as err:
+        fused_ok = False
+        print(f"INFO fused rebuild not checked: {err}", flush=True)
+    width = 1280 if size == "7b" else 512
+    g = torch.Generator(device=device).manual_seed(11)
+    n = 9216 if size == "7b" else 1024
+    states = torch.randn(n, width, device=device, generator=g).to(torch.bfloat16)
+    keep = alg.kept_count(n, 0.65)
+    kept, removed = alg.select_and_split(torch.rand(n, device=device, generator=g), [n], [keep])
+    kept_states, removed_states = states[kept], states[removed]
+    index, weight = alg.find_neighbors(removed_states, kept_states, 10)
+    with alg.use_kernels(alg.Kernels(padded_product=True)):
+        padded_index, _ = alg.find_neighbors(removed_states, kept_states, 10)
+    same_rows = (index.sort(dim=1).values == padded_index.sort(dim=1).values).all(dim=1).float().mean().item()
+    report(f"padded product neighbour sets ({n} tokens, width {width})", same_rows >= 0.999,
+           f"{100 * same_rows:.3f}% of {removed.numel()} rows identical")
+    drifted = (kept_states.float() + torch.randn(kept_states.shape, device=device, generator=g)).to(torch.bfloat16)
+    if fused_ok:
+        for uniform in (True, False):
+            torch_path = alg.Reconstruction(kept_states, removed_states, index, weight, uniform=uniform)
+            with alg.use_kernels(alg.Kernels(fused_rebuild=True)):
+                fused = alg.Reconstruction(kept_states, removed_states, index, weight, uniform=uniform)
+            a, b = torch_path.full(drifted, kept, removed), fused.full(drifted, kept, removed)
+            report(f"fused rebuild {'uniform' if uniform else 'weighted'} ({n} tokens)",
+                   fused.fused is not None and _ulps(a, b) <= 1.0, f"max {_ulps(a, b):.2f} bf16 ulps from the torch path")
+    tower = common.build(size, "bfloat16", device, "sdpa", tower_only=True)
+    side = 96 if size == "7b" else 32
+    choices = ["padded_product"] + (["fused_rebuild", "fused_rebuild,padded_product"] if fused_ok else [])
+    for label, layout in ((f"{side * 14}²", [(1, side, side)]), ("16 frames x 448²", [(8, 32, 32)])):
+        inp = random_patches(layout, seed=2).to(device, torch.bfloat16)
+        outs = {}
+        for choice in ["none", *choices]:
+            with alg.use_kernels(alg.Kernels.parse(choice)), torch.inference_mode():
+                with ipcv.apply(tower, vision=ipcv.IPCVConfig(as_queries="kept")):
+                    outs[choice] = common.encode(tower, inp).float()
+        plain_cos = None
+        with torch.inference_mode():
+            with ipcv.apply(tower, vision=ipcv.IPCVConfig(as_queries="kept")):  # the torch path run twice
+                again = common.encode(tower, inp).float()
+            plain_cos = torch.nn.functional.cosine_similarity(again, outs["none"], dim=-1).min().item()
+        for choice in choices:
+            cos = torch.nn.functional.cosine_similarity(outs[choice], outs["none"], dim=-1)
+            report(f"{size} bf16 {label} kernels {choice}", bool(cos.min() >= 0.999),
+                   f"cosine to the torch path min {cos.min():.5f} mean {cos.mean():.6f} "
+                   f"(torch path against itself: min {plain_cos:.5f})")
+    del tower
+
+
+def check_ipcv(device: torch.device, size: str) -> None:
+    """IPCV at the encoder's size under sdpa and FlashAttention, and the tiny models in bf16/fp16."""
     inp = random_patches([(1, 64, 64), (1, 32, 48)], seed=0).to(device, torch.bfloat16)  # 896^2, 448x672
-    tower = common.build(args.size, "bfloat16", device, "sdpa", tower_only=True)
+    tower = common.build(size, "bfloat16", device, "sdpa", tower_only=True)
     outs, kept, plain = {}, {}, {}
     for attn in ("sdpa", "sdpa-flash") if device.type == "cuda" else ("sdpa", "eager"):
         with common.attention_context(attn), torch.inference_mode():
@@ -44,13 +119,13 @@ def main() -> None:
             plain[attn] = reference.float()
             with ipcv.apply(tower, vision=ipcv.IPCVConfig(reduction_ratio=0.0)):
                 same = common.encode(tower, inp)
-            report(f"{args.size} bf16 {attn} ratio 0 bit-identical", torch.equal(same, reference), f"{tuple(same.shape)}")
+            report(f"{size} bf16 {attn} ratio 0 bit-identical", torch.equal(same, reference), f"{tuple(same.shape)}")
             with ipcv.apply(tower, vision=ipcv.IPCVConfig()) as handle:
                 outs[attn] = common.encode(tower, inp).float()
                 kept[attn] = set(handle.vision_stats.kept_index.tolist())
                 cos = torch.nn.functional.cosine_similarity(outs[attn], reference.float(), dim=-1)
             report(
-                f"{args.size} bf16 {attn} IPCV runs", bool(torch.isfinite(outs[attn]).all()),
+                f"{size} bf16 {attn} IPCV runs", bool(torch.isfinite(outs[attn]).all()),
                 f"kept {handle.vision_stats.tokens_kept} of {handle.vision_stats.tokens_in}, "
                 f"cosine to unpatched mean {cos.mean():.4f} min {cos.min():.4f}",
             )
@@ -61,7 +136,7 @@ def main() -> None:
     plain_cos = torch.nn.functional.cosine_similarity(plain[name_a], plain[name_b], dim=-1)
     overlap = len(kept[name_a] & kept[name_b]) / len(kept[name_a])
     print(
-        f"INFO {args.size} bf16 {name_a} vs {name_b}: cosine min/mean unpatched {plain_cos.min():.4f}/"
+        f"INFO {size} bf16 {name_a} vs {name_b}: cosine min/mean unpatched {plain_cos.min():.4f}/"
         f"{plain_cos.mean():.4f}, IPCV {ipcv_cos.min():.4f}/{ipcv_cos.mean():.4f}; kept-set overlap {overlap:.4f}",
         flush=True,
     )
@@ -81,7 +156,6 @@ def main() -> None:
                 f"{name} {dtype} cuda", torch.equal(same, reference) and bool(torch.isfinite(out).all()),
                 "ratio 0 identical, per_image/same_image finite",
             )
-    sys.exit(1 if failures else 0)
 
 
 if __name__ == "__main__":

@@ -5,12 +5,14 @@ Steps, on random bf16 states of width D (the Qwen2-VL-7B encoder's 1280 by defau
 with r of them removed and k neighbours:
 
 - ``neighbours``: the distance product and the top-k as the code runs them (``find_neighbors``),
-  the product alone (as run: bf16 inputs, float32 output; in bf16 throughout; in float32 on TF32
-  tensor cores), the top-k alone, and the top-k without sorting its k results;
-- ``rebuild``: one NGR rebuild as the code runs it (``Reconstruction`` + ``scatter_full``), its
-  gather-sum alone (half precision: gather the rows, sum in float32), the float32 ``embedding_bag``
-  it replaced, a dense product with a 0/1 neighbour matrix in bf16 and float32 accumulation, and
-  the scatter alone.
+  and with the kept side padded to a multiple of 8 rows (``Kernels.padded_product``); the product
+  alone (as run: bf16 inputs, float32 output; padded; in bf16 throughout; in float32 on TF32
+  tensor cores), the top-k alone, without sorting its k results, and over the padded rows;
+- ``rebuild``: one NGR rebuild as the code runs it (``Reconstruction.full``), the fused Triton
+  rebuild (``Kernels.fused_rebuild``, CUDA with triton only) at three column blocks and with
+  per-neighbour weights, the gather-sum alone (half precision: gather the rows, sum in float32),
+  the float32 ``embedding_bag`` it replaced, a dense product with a 0/1 neighbour matrix in bf16
+  and float32 accumulation, and the scatter alone.
 
 Medians of CUDA-event times (ms) over ``--repeats`` calls after ``--warmup``; CPU runs use
 ``perf_counter`` and are labelled so. Nothing here changes what IPCV computes: this script only
@@ -42,16 +44,33 @@ def _tf32_product(removed: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+def _with(choice: alg.Kernels, fn):
+    """``fn`` run with ``choice`` of IPCV's kernels."""
+    def call():
+        with alg.use_kernels(choice):
+            return fn()
+    return call
+
+
 def neighbour_candidates(removed: torch.Tensor, kept: torch.Tensor, k: int) -> dict:
     norms = kept.float().square().sum(dim=1)
     dist = torch.add(norms, alg._dot_float32(removed, kept), alpha=-2.0)
+    pad = -kept.shape[0] % alg._PRODUCT_ALIGN
+    kept_padded = torch.nn.functional.pad(kept, (0, 0, 0, pad))
+    norms_padded = torch.nn.functional.pad(norms, (0, pad), value=float("inf"))
+    dist_padded = torch.add(norms_padded, alg._dot_float32(removed, kept_padded), alpha=-2.0)
     return {
         "find_neighbors (as run)": lambda: alg.find_neighbors(removed, kept, k),
+        "find_neighbors (padded product)": _with(alg.Kernels(padded_product=True),
+                                                 lambda: alg.find_neighbors(removed, kept, k)),
         "product only (mm, float32 out, as run)": lambda: torch.add(norms, alg._dot_float32(removed, kept), alpha=-2.0),
+        f"product only (kept side padded by {pad}, float32 out)":
+            lambda: torch.add(norms_padded, alg._dot_float32(removed, kept_padded), alpha=-2.0),
         "product only (bf16 mm, bf16 out)": lambda: removed @ kept.T,
         "product only (TF32 float32 mm)": lambda: _tf32_product(removed, kept),
         "top-k only (sorted)": lambda: torch.topk(dist, k, dim=1, largest=False),
         "top-k only (unsorted)": lambda: torch.topk(dist, k, dim=1, largest=False, sorted=False),
+        "top-k only (padded rows, sorted)": lambda: torch.topk(dist_padded, k, dim=1, largest=False),
     }
 
 
@@ -68,8 +87,23 @@ def rebuild_candidates(kept_states: torch.Tensor, removed_states: torch.Tensor, 
         summed = alg._dot_float32(ones, kept_states.T)  # ones @ kept_states, float32 accumulation
         return torch.add(offset, summed, alpha=1.0 / width).to(kept_states.dtype)
 
+    fused = {}
+    if kept_states.is_cuda:
+        try:
+            from ipcv import rebuild_kernel
+        except ImportError as err:
+            print(f"fused rebuild not timed: {err}")
+        else:
+            args = (recon.offset, index, None)
+            for block in (128, 256, 512):
+                fused[f"rebuild fused (Triton, {block} columns per program)"] = (
+                    lambda b=block: rebuild_kernel.rebuild_full(kept_states, *args, kept, removed, block=b))
+            with alg.use_kernels(alg.Kernels(fused_rebuild=True)):
+                weighted = alg.Reconstruction(kept_states, removed_states, index, weight)  # as a scoped search's
+            fused["rebuild fused (Triton, weighted)"] = lambda: weighted.full(kept_states, kept, removed)
     return {
-        "rebuild (as run)": lambda: alg.scatter_full(kept_states, recon(kept_states), kept, removed),
+        "rebuild (as run)": lambda: recon.full(kept_states, kept, removed),
+        **fused,
         f"gather-sum (as run: {'gather then sum' if recon.gather else 'embedding_bag'})": lambda: recon(kept_states),
         "gather-sum float32 embedding_bag": lambda: before(kept_states),
         "dense 0/1 product": dense,

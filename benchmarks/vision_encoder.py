@@ -23,7 +23,9 @@ setting there (K=7, r=0.65, A=3, k=10).
 grid steps of (S/14)² patches, one attention segment each). ``--float32-neighbour-search`` runs
 the neighbour search of half-precision features through float32 ``cdist`` as before issue 17 (an
 ablation: that lever's share of a change). ``--as-queries kept`` computes only the kept tokens'
-queries in the Attention-Stabilization blocks (``IPCVConfig.as_queries``).
+queries in the Attention-Stabilization blocks (``IPCVConfig.as_queries``). ``--kernels
+none,fused_rebuild+padded_product`` times IPCV with each choice of ``ipcv.algorithm.Kernels``
+(half precision on CUDA; the fused rebuild needs triton) against the same baseline.
 
 ``--cuda-graph`` (CUDA only) also times both towers captured as CUDA graphs (``ipcv.cuda_graph``),
 each called with its layout computed on the host (the same call for both), and checks that a
@@ -122,9 +124,11 @@ def graphed_latency(tower, forward, config: ipcv.IPCVConfig | None, device, warm
         torch.cuda.empty_cache()
 
 
-def bench_one(tower, label: str, layout: tuple[int, int, int] | int, cfgs: list[ipcv.IPCVConfig], attn: str,
+def bench_one(tower, label: str, layout: tuple[int, int, int] | int,
+              variants: list[tuple[ipcv.IPCVConfig, alg.Kernels]], attn: str,
               device, dtype, warmup: int, repeats: int, cuda_graph: bool = False) -> list[dict]:
-    """One input: the unpatched tower once, then IPCV with each config (rows share the baseline)."""
+    """One input: the unpatched tower once, then IPCV with each config and kernel choice (rows
+    share the baseline)."""
     inp, described = random_input(layout)
     inp = inp.to(device, dtype)
     dims = vision_dims(tower)
@@ -150,9 +154,9 @@ def bench_one(tower, label: str, layout: tuple[int, int, int] | int, cfgs: list[
         if cuda_graph:
             graphed = graphed_latency(tower, static_forward, None, device, warmup, repeats)
             base.update({f"base_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
-        for cfg in cfgs:
-            row = {**base, "as_queries": cfg.as_queries}
-            with ipcv.apply(tower, vision=cfg) as handle:
+        for cfg, kernels in variants:
+            row = {**base, "as_queries": cfg.as_queries, "kernels": kernels.names()}
+            with alg.use_kernels(kernels), ipcv.apply(tower, vision=cfg) as handle:
                 with record_vision_layout(tower) as layout:
                     forward()
                 stats = handle.vision_stats
@@ -175,7 +179,8 @@ def bench_one(tower, label: str, layout: tuple[int, int, int] | int, cfgs: list[
                 row["overhead_ms"] = parts
                 row["overhead_share"] = sum(parts.values()) / timed.median_ms
             if cuda_graph:
-                graphed = graphed_latency(tower, static_forward, cfg, device, warmup, repeats)
+                with alg.use_kernels(kernels):
+                    graphed = graphed_latency(tower, static_forward, cfg, device, warmup, repeats)
                 row.update({f"ipcv_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
             rows.append(row)
     return rows
@@ -190,9 +195,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
         f"clock {rows[0]['base']['clock'] if rows and 'base' in rows[0] else '-'}; "
         f"latency median [p10, p90] over {meta['repeats']} repeats after {meta['warmup']} warm-up",
         "",
-        "| input | attn | AS queries | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs | IPCV GFLOPs "
-        "| FLOPs saved | peak MiB base / IPCV | IPCV overhead (sel / nbr / restore ms) | overhead share |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| input | attn | AS queries | kernels | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs "
+        "| IPCV GFLOPs | FLOPs saved | peak MiB base / IPCV | IPCV overhead (sel / nbr / restore ms) | overhead share |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
@@ -202,7 +207,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
         o = r["overhead_ms"]
         mem = "n/m" if r["mem_base_mib"] is None else f"{r['mem_base_mib']:.0f} / {r['mem_ipcv_mib']:.0f}"
         lines.append(
-            f"| {r['input']} | {r['attn']} | {r['as_queries']} | {r['tokens']} | {r['kept']} "
+            f"| {r['input']} | {r['attn']} | {r['as_queries']} | {r['kernels']} | {r['tokens']} | {r['kept']} "
             f"| {common.spread(b)} | {common.spread(i)} "
             f"| {b['median_ms'] / i['median_ms']:.2f}x | {r['flops_base'] / 1e9:.1f} | {r['flops_ipcv'] / 1e9:.1f} "
             f"| {100 * (1 - r['flops_ipcv'] / r['flops_base']):.1f}% | {mem} "
@@ -212,17 +217,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
     graphed = [r for r in rows if "error" not in r and ("base_graph" in r or "base_graph_error" in r)]
     if graphed:
         lines += ["", "CUDA graphs (both towers captured on the same host-layout call; compare only with each other):", "",
-                  "| input | attn | AS queries | base graph ms | IPCV graph ms | speed-up "
+                  "| input | attn | AS queries | kernels | base graph ms | IPCV graph ms | speed-up "
                   "| replay = eager (max abs diff base / IPCV) |",
-                  "|---|---|---|---|---|---|---|"]
+                  "|---|---|---|---|---|---|---|---|"]
         for r in graphed:
             if "base_graph" not in r or "ipcv_graph" not in r:
                 why = r.get("ipcv_graph_error") or r.get("base_graph_error")
-                lines.append(f"| {r['input']} | {r['attn']} | {r['as_queries']} | not captured: {why} |")
+                lines.append(f"| {r['input']} | {r['attn']} | {r['as_queries']} | {r['kernels']} | not captured: {why} |")
                 continue
             b, i = r["base_graph"], r["ipcv_graph"]
             lines.append(
-                f"| {r['input']} | {r['attn']} | {r['as_queries']} "
+                f"| {r['input']} | {r['attn']} | {r['as_queries']} | {r['kernels']} "
                 f"| {common.spread(b)} | {common.spread(i)} | {b['median_ms'] / i['median_ms']:.2f}x "
                 f"| {r['base_graph_replay_max_diff']:.3g} / {r['ipcv_graph_replay_max_diff']:.3g} |"
             )
@@ -245,6 +250,10 @@ def main() -> None:
     parser.add_argument("--as-queries", default="all",
                         help="comma list of all, kept: the queries the Attention-Stabilization blocks compute "
                              "(IPCVConfig.as_queries); each is a row against the same baseline")
+    parser.add_argument("--kernels", default="none",
+                        help="comma list of IPCV kernel choices, each 'none' or names joined by '+' "
+                             "(fused_rebuild, padded_product; ipcv.algorithm.Kernels): each is a row per "
+                             "AS-query mode against the same baseline; half precision on CUDA only")
     parser.add_argument("--budget", choices=["global", "per_image"], default="global",
                         help="IPCVConfig.budget: per_image keeps floor(n (1 - r)) of every frame, so the host "
                              "knows each frame's count (a video under it can be captured as a CUDA graph)")
@@ -267,6 +276,13 @@ def main() -> None:
         as_layers=args.as_layers or (3 if internvl else 7), neighbors=args.neighbors, as_queries=queries,
         budget=args.budget,
     ) for queries in args.as_queries.split(",")]
+    try:
+        kernel_sets = [alg.Kernels.parse(v.replace("+", ",")) for v in args.kernels.split(",")]
+    except ValueError as err:
+        raise SystemExit(f"--kernels: {err}") from err
+    if any(k.fused_rebuild for k in kernel_sets) and not args.device.startswith("cuda"):
+        raise SystemExit("--kernels fused_rebuild needs --device cuda: off CUDA the torch rebuild would run under its name")
+    variants = [(cfg, kernels) for cfg in cfgs for kernels in kernel_sets]
     inputs = parse_tiles(args.resolutions, args.videos) if internvl else parse_inputs(args.resolutions, args.videos)
     rows = []
     for attn in args.attn.split(","):
@@ -277,7 +293,7 @@ def main() -> None:
             continue
         for label, grid in inputs:
             try:
-                found = bench_one(tower, label, grid, cfgs, attn, device, dtype, args.warmup, args.repeats,
+                found = bench_one(tower, label, grid, variants, attn, device, dtype, args.warmup, args.repeats,
                                   args.cuda_graph)
             except Exception as err:
                 traceback.print_exc()
@@ -290,7 +306,8 @@ def main() -> None:
     meta = {
         "family": args.family, "size": size,
         "size_config": family.size_spec(common.INTERNVIT.get(size, size) if internvl else size)["vision"],
-        "dtype": args.dtype, "ipcv": [cfg.to_dict() for cfg in cfgs], "float32_neighbour_search": args.float32_neighbour_search,
+        "dtype": args.dtype, "ipcv": [cfg.to_dict() for cfg in cfgs], "kernels": [k.names() for k in kernel_sets],
+        "float32_neighbour_search": args.float32_neighbour_search,
         "cuda_graph": args.cuda_graph,
         "warmup": args.warmup, "repeats": args.repeats, "provenance": provenance(device),
         "command": common.command_line(),

@@ -10,6 +10,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, fields, replace
 from fractions import Fraction
 
 import torch
@@ -18,6 +22,74 @@ import torch.nn.functional as F
 # Rows of the removed x kept distance matrix computed at once: bounds the transient memory of the
 # neighbour search (rows x kept x 4 bytes) for long videos at high resolution.
 _DISTANCE_ROW_CHUNK = 4096
+# The half-precision distance product's kept side is padded to a multiple of this many rows when
+# ``KERNELS.padded_product`` is on: the float32 output's rows are then 32-byte aligned, as cuBLAS's
+# fastest tensor-core kernels want them (an odd kept count, 3,225 at 1344², is not); whether that
+# pays on a GPU is what benchmarks/gpu_kernels.sh measures.
+_PRODUCT_ALIGN = 8
+
+
+@dataclass
+class Kernels:
+    """Which implementation runs two of IPCV's steps on half-precision states (on a CUDA device,
+    where they are meant to pay).
+
+    Both choices compute the same values as the default torch path up to the order of float32
+    sums (tests); they exist so one process can time both (``benchmarks/ipcv_parts.py``,
+    ``benchmarks/vision_encoder.py --kernels``) and stay off until a GPU run shows they pay.
+    Float32 states always take the published code's path, so the float32 outputs and the CI
+    gate's figures never depend on this. The environment variable ``IPCV_KERNELS`` (a comma list
+    of field names, or ``none``) sets the defaults, e.g. for a sweep's workers.
+
+    ``fused_rebuild``: each NGR rebuild (rebuilt rows into the full sequence) is one Triton kernel
+    (``ipcv/rebuild_kernel.py``) instead of a gather, a sum and two scatters; needs ``triton``.
+    ``padded_product``: the neighbour search's distance product pads the kept side to a multiple
+    of 8 rows, so the matrix kernels see aligned rows.
+    """
+
+    fused_rebuild: bool = False
+    padded_product: bool = False
+
+    @classmethod
+    def parse(cls, text: str) -> Kernels:
+        names = [n.strip() for n in text.split(",") if n.strip() and n.strip() != "none"]
+        known = [f.name for f in fields(cls)]
+        unknown = [n for n in names if n not in known]
+        if unknown:
+            raise ValueError(f"unknown IPCV kernel choice(s) {unknown}: use a comma list of {known}, or 'none'")
+        return cls(**{n: True for n in names})
+
+    def names(self) -> str:
+        """The choices that are on, as ``parse`` reads them ("none" for the torch path)."""
+        return ",".join(f.name for f in fields(self) if getattr(self, f.name)) or "none"
+
+
+KERNELS = Kernels.parse(os.environ.get("IPCV_KERNELS", ""))
+
+
+@contextmanager
+def use_kernels(choice: Kernels) -> Iterator[None]:
+    """``KERNELS`` set to ``choice`` inside the block (per process; a forward reads it when it
+    plans, so set it around whole calls), restored after."""
+    global KERNELS
+    previous, KERNELS = KERNELS, replace(choice)
+    try:
+        yield
+    finally:
+        KERNELS = previous
+
+
+def _fused_rebuild_module(states: torch.Tensor):
+    """``ipcv.rebuild_kernel`` when the fused rebuild is chosen and can run on ``states``."""
+    if not KERNELS.fused_rebuild or states.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    try:
+        from ipcv import rebuild_kernel
+    except ImportError as err:
+        raise RuntimeError("IPCV's fused rebuild (IPCV_KERNELS / ipcv.algorithm.KERNELS.fused_rebuild) needs the "
+                           "'triton' package, which CUDA builds of torch install; turn the choice off or install "
+                           f"triton ({err})") from err
+    return rebuild_kernel if rebuild_kernel.usable(states) else None
 
 
 def kept_count(n_tokens: int, reduction_ratio: float) -> int:
@@ -108,7 +180,8 @@ def find_neighbors(
     selection). Half-precision features are ranked by ``||b||^2 - 2 a.b`` (the squared distance
     less the row's constant ``||a||^2``) from one matrix product with float32 accumulation: the
     products of bf16/fp16 values are exact in float32, so this is the float32 distance up to the
-    order of the sums, at tensor-core speed instead of float32 ``cdist``'s.
+    order of the sums, at tensor-core speed instead of float32 ``cdist``'s. With
+    ``KERNELS.padded_product`` the kept side is padded with rows of infinite norm (never chosen).
 
     Returns ``(index [R, k'], weight [R, k'])`` with ``k' = min(k, M)``; rows of weight sum to 1
     (or 0 for a token without neighbours).
@@ -122,11 +195,18 @@ def find_neighbors(
             torch.zeros(n_removed, k_eff, dtype=torch.float32, device=device),
         )
     exact = kept_feats.dtype == torch.float32
+    scoped = removed_segments is not None and kept_segments is not None
+    padded = not exact and KERNELS.padded_product and n_kept % _PRODUCT_ALIGN != 0
     if exact:
         kept_side = kept_feats
     else:
         kept_side = kept_feats.float().square().sum(dim=1)  # ||b||^2, float32
-    scoped = removed_segments is not None and kept_segments is not None
+        if padded:  # rows that are never nearest: zero features, infinite norm
+            pad = -n_kept % _PRODUCT_ALIGN
+            kept_feats = F.pad(kept_feats, (0, 0, 0, pad))
+            kept_side = F.pad(kept_side, (0, pad), value=math.inf)
+            if scoped:
+                kept_segments = F.pad(kept_segments, (0, pad), value=-1)
     indices, weights = [], []
     for start in range(0, n_removed, _DISTANCE_ROW_CHUNK):
         rows = removed_feats[start : start + _DISTANCE_ROW_CHUNK]
@@ -138,6 +218,8 @@ def find_neighbors(
             other = removed_segments[start : start + rows.shape[0], None] != kept_segments[None, :]
             dist = dist.masked_fill(other, math.inf)
         values, index = torch.topk(dist, k_eff, dim=1, largest=False)
+        if padded and scoped:  # a token short of neighbours may take a pad row (weight 0): keep it in range
+            index = index.clamp(max=n_kept - 1)
         indices.append(index)
         if scoped:  # a token may have fewer qualifying neighbours, or none
             valid = torch.isfinite(values).float()
@@ -181,9 +263,11 @@ class Reconstruction:
     search) at large sizes are gathered as they are and summed with float32 accumulation, then
     scaled by 1/k: the bf16/fp16 values are exact in float32, so this is the same sum in another
     order, with half the bytes read and without converting ``kept_now`` to float32 first (measured
-    faster on an H200 from 16 frames x 448² on, slower at 448², docs/benchmarks.md). Without
-    neighbours (``index`` of width 0, or ``None`` for ``frozen`` restoration) it returns the
-    anchors: the no-NGR ablation.
+    faster on an H200 from 16 frames x 448² on, slower at 448², docs/benchmarks.md). ``full``
+    returns the whole sequence, kept and rebuilt tokens in place: with ``KERNELS.fused_rebuild``
+    on, half-precision CUDA states take one Triton kernel for it (``ipcv/rebuild_kernel.py``).
+    Without neighbours (``index`` of width 0, or ``None`` for ``frozen`` restoration) it returns
+    the anchors: the no-NGR ablation.
     """
 
     def __init__(
@@ -196,8 +280,12 @@ class Reconstruction:
     ) -> None:
         self.offset = removed_anchor.float()
         self.index: torch.Tensor | None = None
+        self.fused = None  # ipcv.rebuild_kernel, when ``full`` runs it
         if neighbor_index is not None and neighbor_index.shape[1] > 0 and removed_anchor.shape[0] > 0:
             n_removed, width = neighbor_index.shape
+            self.fused = _fused_rebuild_module(kept_anchor)
+            if self.fused is not None:
+                self.fused_args = (neighbor_index.contiguous(), None if uniform else neighbor_weight.float())
             self.index = neighbor_index.reshape(-1)
             self.width = width
             half = kept_anchor.dtype in (torch.float16, torch.bfloat16)
@@ -219,6 +307,13 @@ class Reconstruction:
         if self.index is None:
             return self.offset.to(kept_now.dtype)
         return self._weighted_sum(kept_now).add_(self.offset).to(kept_now.dtype)
+
+    def full(self, kept_now: torch.Tensor, kept: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+        """The full sequence: ``kept_now`` at positions ``kept``, the rebuilt removed tokens at
+        ``removed``; one kernel when ``KERNELS.fused_rebuild`` chose the fused rebuild."""
+        if self.fused is not None:
+            return self.fused.rebuild_full(kept_now, self.offset, *self.fused_args, kept, removed)
+        return scatter_full(kept_now, self(kept_now), kept, removed)
 
 
 def scatter_full(

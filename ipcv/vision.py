@@ -60,7 +60,7 @@ class _PrunePlan:
         return states.index_select(0, self.kept)
 
     def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
-        return alg.scatter_full(kept_states, self.reconstruct(kept_states), self.kept, self.removed)
+        return self.reconstruct.full(kept_states, self.kept, self.removed)
 
     def kept_cu(self, cu: torch.Tensor, need_longest: bool) -> tuple[torch.Tensor, int | None]:
         """Kept-token boundaries for the tower's ``cu`` and their longest segment (once per ``cu``).

@@ -61,7 +61,7 @@ class _TilePlan:
     def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
         tiles, _, width = kept_states.shape
         flat = kept_states.reshape(-1, width)
-        full = alg.scatter_full(flat, self.reconstruct(flat), self.kept_flat, self.removed_flat)
+        full = self.reconstruct.full(flat, self.kept_flat, self.removed_flat)
         return full.reshape(tiles, self.length, width)
 
 

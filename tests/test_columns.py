@@ -8,6 +8,7 @@ import dataclasses
 import pytest
 
 import ipcv
+from ipcv import algorithm as alg
 from pipeline import columns, gate, methods
 from pipeline.report import pareto
 from pipeline.sweep.executor import CellExecutor
@@ -39,6 +40,7 @@ def test_every_column_of_a_real_row_is_described():
     assert set(columns.SUMMARY) <= set(row)
     assert set(columns.QUALITY) | set(columns.COSTS) - {"peak_bytes"} <= set(row)
     assert {"acc_pope_f1", "fidelity_mvbench_top1_agreement"} <= set(row)
+    assert row["ipcv_kernels"] == alg.KERNELS.names()  # the worker's kernel choice, so mixed runs show
 
 
 def test_an_undescribed_column_is_refused_with_the_schema_file():

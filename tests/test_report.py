@@ -306,13 +306,14 @@ def test_speedups_carry_their_interval_and_noise_is_not_a_gain():
 
 def test_report_md_states_provenance_spread_and_noise(tmp_path):
     table = spread_table().assign(torch_version="2.9.0", transformers_version="5.24.0", ipcv_version="0.1.0",
-                                  git_commit="abc123def456", dtype="bfloat16", attn_implementation="sdpa",
+                                  ipcv_kernels="fused_rebuild", git_commit="abc123def456", dtype="bfloat16", attn_implementation="sdpa",
                                   gpus_per_worker=1.0, warmup=3, repeats=20, started_at=1.7e9, finished_at=1.7e9 + 60)
     build_report(write_sweep(tmp_path, table))
     md = (tmp_path / "report" / "report.md").read_text()
     for line in ("| device | H200 (CUDA, 1 GPU per worker) |", "| timed repeats | 20 |", "| warm-up requests | 3 |",
                  "| git commit | abc123def456 |", "| dtype | bfloat16 |", "| attention | sdpa |", "| torch | 2.9.0 |",
-                 "| transformers | 5.24.0 |", "| measured | 2023-11-14 22:13 UTC to 2023-11-14 22:14 UTC |"):
+                 "| transformers | 5.24.0 |", "| IPCV kernels | fused_rebuild |",
+                 "| measured | 2023-11-14 22:13 UTC to 2023-11-14 22:14 UTC |"):
         assert line in md, line
     assert "timed repeat(s) per cell" not in md  # 20 repeats: no warning about weak spreads
     # the frontier's cost with its spread; the DART gain within noise, ranked below IPCV's
@@ -327,6 +328,7 @@ def test_provenance_falls_back_to_the_profile_for_older_rows():
 
     header = provenance(pareto.prepare(results_table()), {"measurement": {"warmup": 1, "repeats": 2}})
     assert header["timed repeats"] == "2 (from the profile)" and header["git commit"] == "not recorded"
+    assert header["IPCV kernels"] == "not recorded"
     from pipeline.report.provenance import fewest_repeats
 
     assert fewest_repeats(pareto.prepare(results_table()), {"measurement": {"repeats": 2}}) == 2

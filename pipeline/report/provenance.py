@@ -75,6 +75,7 @@ def provenance(rows: pd.DataFrame, profile: dict[str, Any]) -> dict[str, str]:
         "torch": listed("torch_version"),
         "transformers": listed("transformers_version"),
         "ipcv-study": listed("ipcv_version"),
+        "IPCV kernels": listed("ipcv_kernels"),
         "git commit": listed("git_commit"),
         "measured": _dates(rows),
         "report written": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),

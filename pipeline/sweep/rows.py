@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import ipcv
+from ipcv import algorithm as alg
 from pipeline.columns import FLOP_STAGES
 from pipeline.measure.stages import RequestReport
 from pipeline.methods import LLM_FIELDS, VISION_FIELDS, llm_column, setting_label, vision_column
@@ -88,6 +89,7 @@ def report_columns(report: RequestReport) -> dict[str, Any]:
     prov = report.provenance
     out.update(device=prov.get("device"), device_type=prov.get("device_type"), torch_version=prov.get("torch"),
                transformers_version=prov.get("transformers"), ipcv_version=ipcv.__version__, git_commit=git_commit())
+    out["ipcv_kernels"] = alg.KERNELS.names()
     timed = report.stages["vision"].time
     out.update(warmup=timed.warmup if timed else None, repeats=timed.repeats if timed else None)
     out["not_measured"] = "; ".join(report.not_measured) or None

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Issue 17's kernel choices (ipcv.algorithm.Kernels: the fused Triton rebuild, the padded distance
+# product) measured on a lent GPU in one call of the device tool, about 6 minutes on an H200:
+#
+#   run(command="bash benchmarks/gpu_kernels.sh", carry=[".whl"], timeout_s=570)
+#
+# .whl (git-ignored) holds the small wheels the device image lacks (pydantic and its deps,
+# pillow; the image brings torch, transformers and triton). Steps, each with its own time limit:
+#   1. correctness of each choice against the torch path (gpu_checks.py --only kernels);
+#   2. IPCV's steps one by one at 448², 1344² and 16 x 448² (ipcv_parts.py);
+#   3. the Qwen2-VL-7B tower with each choice against one baseline, eager and as CUDA graphs
+#      (vision_encoder.py --kernels), at 448², 1344² and 16 x 448², kept-query AS blocks.
+# Everything lands in $OUT: log.txt and each step's .json/.md.
+#
+#   DRY=1 bash benchmarks/gpu_kernels.sh   # the same steps on this machine's CPU, small sizes
+set -u
+OUT=${OUT:-/tmp/gpu_kernels}
+mkdir -p "$OUT"
+export PYTHONPATH=.
+if [ -d .whl ] && ! python -c "import pydantic" 2>/dev/null; then
+    pip install -q --no-deps --no-index --target /tmp/wheels .whl/*.whl && export PYTHONPATH=.:/tmp/wheels
+fi
+if [ "${DRY:-0}" = 1 ]; then
+    checks=(--device cpu --size small)
+    parts=(--device cpu --tokens 256 --width 64 --warmup 1 --repeats 3)
+    tower=(--device cpu --size small --resolutions 224 --videos 4x224 --warmup 1 --repeats 2
+           --kernels none,padded_product)
+else
+    checks=()
+    parts=(--device cuda --tokens 1024,9216,8192 --warmup 5 --repeats 30)
+    tower=(--device cuda --attn sdpa --resolutions 448,1344 --videos 16x448 --warmup 10 --repeats 30 --cuda-graph
+           --kernels none,padded_product,fused_rebuild,fused_rebuild+padded_product)
+fi
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
+    python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
+    python -c "import triton; print('triton', triton.__version__)" || echo "no triton: the fused rebuild is not measured"
+    echo "== 1. correctness of the kernel choices"
+    timeout 150 python benchmarks/gpu_checks.py --only kernels "${checks[@]}"
+    echo "== 2. IPCV's steps"
+    timeout 150 python benchmarks/ipcv_parts.py "${parts[@]}" --out "$OUT/ipcv_parts"
+    echo "== 3. the tower with each kernel choice"
+    timeout 330 python benchmarks/vision_encoder.py --dtype bfloat16 --as-queries kept "${tower[@]}" \
+        --out "$OUT/vision_kernels"
+    date -u
+} 2>&1 | grep --line-buffered -v '^{' | tee "$OUT/log.txt"
