@@ -7,7 +7,8 @@ with r of them removed and k neighbours:
 - ``neighbours``: the distance product and the top-k as the code runs them (``find_neighbors``),
   and with the kept side padded to a multiple of 8 rows (``Kernels.padded_product``); the product
   alone (as run: bf16 inputs, float32 output; padded; in bf16 throughout; in float32 on TF32
-  tensor cores), the top-k alone, without sorting its k results, and over the padded rows;
+  tensor cores), the top-k alone, without sorting its k results, over the padded rows, and in
+  two stages (the k smallest of every 256 columns, then of those);
 - ``rebuild``: one NGR rebuild as the code runs it (``Reconstruction.full``), the fused Triton
   rebuild (``Kernels.fused_rebuild``, CUDA with triton only) at three column blocks and with
   per-neighbour weights, the gather-sum alone (half precision: gather the rows, sum in float32),
@@ -44,6 +45,19 @@ def _tf32_product(removed: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
         torch.backends.cuda.matmul.allow_tf32 = previous
 
 
+def _two_stage_topk(dist: torch.Tensor, k: int, group: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k smallest of each row as the k smallest of each group of ``group`` columns, then of
+    those: the same set (up to ties), many short top-k slices instead of one long one per row. A
+    candidate, not what the code runs."""
+    rows, cols = dist.shape
+    pad = -cols % group
+    padded = torch.nn.functional.pad(dist, (0, pad), value=float("inf")).view(rows, -1, group)
+    values, index = torch.topk(padded, min(k, group), dim=2, largest=False, sorted=False)
+    index = index + torch.arange(0, cols + pad, group, device=dist.device)[:, None]
+    best_values, best = torch.topk(values.reshape(rows, -1), k, dim=1, largest=False)
+    return best_values, index.reshape(rows, -1).gather(1, best)
+
+
 def _with(choice: alg.Kernels, fn):
     """``fn`` run with ``choice`` of IPCV's kernels."""
     def call():
@@ -71,6 +85,7 @@ def neighbour_candidates(removed: torch.Tensor, kept: torch.Tensor, k: int) -> d
         "top-k only (sorted)": lambda: torch.topk(dist, k, dim=1, largest=False),
         "top-k only (unsorted)": lambda: torch.topk(dist, k, dim=1, largest=False, sorted=False),
         "top-k only (padded rows, sorted)": lambda: torch.topk(dist_padded, k, dim=1, largest=False),
+        "top-k in two stages (groups of 256 columns)": lambda: _two_stage_topk(dist, k),
     }
 
 

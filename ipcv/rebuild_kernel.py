@@ -23,6 +23,7 @@ GPU.
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -83,9 +84,13 @@ def rebuild_full(kept_now: torch.Tensor, offset: torch.Tensor, index: torch.Tens
         raise ValueError(f"rebuild_full needs k >= 1 neighbours and a float32 [{n_removed}, {width}] offset; "
                          f"got k={k}, offset {tuple(offset.shape)} {offset.dtype}")
     kept_now, offset, index = kept_now.contiguous(), offset.contiguous(), index.contiguous()
+    kept_pos, removed_pos = kept_pos.contiguous(), removed_pos.contiguous()
     weights = index if weight is None else weight.float().contiguous()  # an unused pointer when uniform
     out = kept_now.new_empty((n_kept + n_removed, width))
     grid = (n_kept + n_removed, triton.cdiv(width, block))
-    _rebuild_rows[grid](kept_now, offset, index, weights, kept_pos, removed_pos, out, n_removed, width, 1.0 / k,
-                        K=k, UNIFORM=weight is None, BLOCK=block, num_warps=WARPS)
+    # Triton launches on the current CUDA device: make it the states' (a tower on another GPU of a
+    # model spread over several)
+    with torch.cuda.device(kept_now.device) if kept_now.is_cuda else contextlib.nullcontext():
+        _rebuild_rows[grid](kept_now, offset, index, weights, kept_pos, removed_pos, out, n_removed, width, 1.0 / k,
+                            K=k, UNIFORM=weight is None, BLOCK=block, num_warps=WARPS)
     return out
