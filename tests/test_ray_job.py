@@ -33,6 +33,7 @@ def test_jobs_submitted_to_a_local_head_complete_from_any_directory(tmp_path):
     # one machine, loopback only: no cluster address resolution and no token auth between our own processes
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "WANDB_MODE": "disabled"}
+    env.pop("IPCV_KERNELS", None)
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     cells = len(expand(load_spec(ROOT / "profiles" / "tiny-test.yaml")))
@@ -47,18 +48,21 @@ def test_jobs_submitted_to_a_local_head_complete_from_any_directory(tmp_path):
         assert job.returncode == 0, (job.stdout + job.stderr)[-1500:]
         assert "succeeded" in (job.stdout + job.stderr).lower()
         table = pd.read_parquet(out / "results.parquet")
-        assert len(table) == cells and (table.status == "ok").all()
+        assert len(table) == cells and (table.status == "ok").all() and set(table.ipcv_kernels) == {"none"}
 
         submitted = tmp_path / "submitted"
         ipcv_study = str(Path(sys.executable).parent / "ipcv-study")
         job = subprocess.run([ipcv_study, "submit", "tiny-test", "--address", "http://127.0.0.1:8291",
                               "--out", str(submitted), "--wandb-mode", "disabled"],
-                             env=env, cwd=elsewhere, capture_output=True, text=True, timeout=600)
+                             env={**env, "IPCV_KERNELS": "padded_product"}, cwd=elsewhere, capture_output=True,
+                             text=True, timeout=600)
         assert job.returncode == 0, (job.stdout + job.stderr)[-2000:]
         assert "SUCCEEDED" in job.stdout and f"results: {submitted}" in job.stdout
         assert "6 ok, 0 failed" in job.stdout  # the job's own log, streamed
         table = pd.read_parquet(submitted / "results.parquet")
         assert len(table) == cells and (table.status == "ok").all()
+        # the submitter's IPCV kernel choice reached the workers (the head was started without it)
+        assert set(table.ipcv_kernels) == {"padded_product"}
 
 
 def test_cli_run_prints_a_summary_and_resumes(tmp_path):
