@@ -10,15 +10,16 @@
 #   2. IPCV's steps one by one at 448², 1344² and 16 x 448² (ipcv_parts.py);
 #   3. the Qwen2-VL-7B tower with each choice against one baseline, eager and as CUDA graphs
 #      (vision_encoder.py --kernels), at 448², 1344² and 16 x 448², kept-query AS blocks.
-# Everything lands in $OUT: log.txt and each step's .json/.md.
+# Everything lands in $OUT: log.txt, raw.txt (with the JSON rows) and each step's .json/.md; the
+# script exits non-zero when a step failed or was cut short.
 #
 #   DRY=1 bash benchmarks/gpu_kernels.sh   # the same steps on this machine's CPU, small sizes
-set -u
+set -uo pipefail
 OUT=${OUT:-/tmp/gpu_kernels}
 mkdir -p "$OUT"
 export PYTHONPATH=.
 if [ -d .whl ] && ! python -c "import pydantic" 2>/dev/null; then
-    pip install -q --no-deps --no-index --target /tmp/wheels .whl/*.whl && export PYTHONPATH=.:/tmp/wheels
+    python -m pip install -q --no-deps --no-index --target /tmp/wheels .whl/*.whl && export PYTHONPATH=.:/tmp/wheels
 fi
 if [ "${DRY:-0}" = 1 ]; then
     checks=(--device cpu --size small)
@@ -31,17 +32,27 @@ else
     tower=(--device cuda --attn sdpa --resolutions 448,1344 --videos 16x448 --warmup 10 --repeats 30 --cuda-graph
            --kernels none,padded_product,fused_rebuild,fused_rebuild+padded_product)
 fi
+failed=0
+step() {  # name, time limit (s), command...: its exit status noted, the next step runs regardless
+    local name=$1 limit=$2
+    shift 2
+    echo "== $name"
+    timeout "$limit" "$@"
+    local rc=$?
+    echo "== $name: exit $rc"
+    [ "$rc" = 0 ] || failed=1
+}
+# Step limits add up to 530 s, under the 570 s of the device call. The scripts print each result as
+# a JSON line as they go: raw.txt keeps those (a step cut short still leaves its rows), log.txt the rest.
 {
     date -u
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
     python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     python -c "import triton; print('triton', triton.__version__)" || echo "no triton: the fused rebuild is not measured"
-    echo "== 1. correctness of the kernel choices"
-    timeout 150 python benchmarks/gpu_checks.py --only kernels "${checks[@]}"
-    echo "== 2. IPCV's steps"
-    timeout 150 python benchmarks/ipcv_parts.py "${parts[@]}" --out "$OUT/ipcv_parts"
-    echo "== 3. the tower with each kernel choice"
-    timeout 330 python benchmarks/vision_encoder.py --dtype bfloat16 --as-queries kept "${tower[@]}" \
-        --out "$OUT/vision_kernels"
+    step "1. correctness of the kernel choices" 110 python benchmarks/gpu_checks.py --only kernels "${checks[@]}"
+    step "2. IPCV's steps" 120 python benchmarks/ipcv_parts.py "${parts[@]}" --out "$OUT/ipcv_parts"
+    step "3. the tower with each kernel choice" 300 python benchmarks/vision_encoder.py --dtype bfloat16 \
+        --as-queries kept "${tower[@]}" --out "$OUT/vision_kernels"
     date -u
-} 2>&1 | grep --line-buffered -v '^{' | tee "$OUT/log.txt"
+    exit $failed
+} 2>&1 | tee "$OUT/raw.txt" | grep --line-buffered -v '^{' | tee "$OUT/log.txt"

@@ -282,6 +282,9 @@ def main() -> None:
         raise SystemExit(f"--kernels: {err}") from err
     if any(k.fused_rebuild for k in kernel_sets) and not args.device.startswith("cuda"):
         raise SystemExit("--kernels fused_rebuild needs --device cuda: off CUDA the torch rebuild would run under its name")
+    if any(k.any for k in kernel_sets) and args.dtype not in ("bfloat16", "float16"):
+        raise SystemExit(f"--kernels acts on bfloat16 / float16 states only: in {args.dtype} the published path would "
+                         "run under the kernels' name")
     variants = [(cfg, kernels) for cfg in cfgs for kernels in kernel_sets]
     inputs = parse_tiles(args.resolutions, args.videos) if internvl else parse_inputs(args.resolutions, args.videos)
     rows = []

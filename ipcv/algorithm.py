@@ -23,9 +23,9 @@ import torch.nn.functional as F
 # neighbour search (rows x kept x 4 bytes) for long videos at high resolution.
 _DISTANCE_ROW_CHUNK = 4096
 # The half-precision distance product's kept side is padded to a multiple of this many rows when
-# ``KERNELS.padded_product`` is on: the float32 output's rows are then 32-byte aligned, as cuBLAS's
-# fastest tensor-core kernels want them (an odd kept count, 3,225 at 1344², is not); whether that
-# pays on a GPU is what benchmarks/gpu_kernels.sh measures.
+# ``KERNELS.padded_product`` is on: the float32 output's rows then start on 32-byte boundaries
+# (cuBLAS's fastest tensor-core kernels want at least 16; an odd kept count, 3,225 at 1344², gives
+# 4); whether that pays on a GPU is what benchmarks/gpu_kernels.sh measures.
 _PRODUCT_ALIGN = 8
 
 
@@ -49,6 +49,10 @@ class Kernels:
 
     fused_rebuild: bool = False
     padded_product: bool = False
+
+    @property
+    def any(self) -> bool:
+        return any(getattr(self, f.name) for f in fields(self))
 
     @classmethod
     def parse(cls, text: str) -> Kernels:
@@ -80,8 +84,12 @@ def use_kernels(choice: Kernels) -> Iterator[None]:
 
 
 def _fused_rebuild_module(states: torch.Tensor):
-    """``ipcv.rebuild_kernel`` when the fused rebuild is chosen and can run on ``states``."""
+    """``ipcv.rebuild_kernel`` when the fused rebuild is chosen and can run on ``states`` (half
+    precision on a CUDA device, or anywhere under Triton's interpreter); else ``None``: the torch
+    path runs, e.g. in a CPU worker of a sweep whose GPU workers use the kernel."""
     if not KERNELS.fused_rebuild or states.dtype not in (torch.float16, torch.bfloat16):
+        return None
+    if not states.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
         return None
     try:
         from ipcv import rebuild_kernel
@@ -181,7 +189,9 @@ def find_neighbors(
     less the row's constant ``||a||^2``) from one matrix product with float32 accumulation: the
     products of bf16/fp16 values are exact in float32, so this is the float32 distance up to the
     order of the sums, at tensor-core speed instead of float32 ``cdist``'s. With
-    ``KERNELS.padded_product`` the kept side is padded with rows of infinite norm (never chosen).
+    ``KERNELS.padded_product`` the kept side is padded with rows of infinite norm (never nearer than
+    a kept token; an index that lands on one, for a token short of neighbours or with non-finite
+    features, is clamped into range).
 
     Returns ``(index [R, k'], weight [R, k'])`` with ``k' = min(k, M)``; rows of weight sum to 1
     (or 0 for a token without neighbours).
@@ -218,7 +228,7 @@ def find_neighbors(
             other = removed_segments[start : start + rows.shape[0], None] != kept_segments[None, :]
             dist = dist.masked_fill(other, math.inf)
         values, index = torch.topk(dist, k_eff, dim=1, largest=False)
-        if padded and scoped:  # a token short of neighbours may take a pad row (weight 0): keep it in range
+        if padded:  # a token short of neighbours (weight 0), or with non-finite features, may take a pad row
             index = index.clamp(max=n_kept - 1)
         indices.append(index)
         if scoped:  # a token may have fewer qualifying neighbours, or none

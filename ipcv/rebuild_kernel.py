@@ -13,7 +13,8 @@ registers, scales by 1/k (uniform weights) or weights each (scoped search), adds
 stores the rounded row at its position; a kept row is copied to its position. Each row of the
 result is written once and nothing else is materialised. The arithmetic is the torch path's
 (float32 accumulation of exactly representable half-precision values, one rounding at the end);
-only the order of the float32 sums may differ, so results agree to the output's rounding.
+only the order of the float32 sums may differ (and the compiler may fuse the scale and the offset
+into one multiply-add), so results agree to the output's rounding.
 
 Imported only when ``algorithm.KERNELS.fused_rebuild`` is on (it needs the ``triton`` package,
 which CUDA builds of torch bring along). With ``TRITON_INTERPRET=1`` set before the import, the
@@ -80,9 +81,20 @@ def rebuild_full(kept_now: torch.Tensor, offset: torch.Tensor, index: torch.Tens
     positions: long, together a permutation of the full sequence's rows."""
     n_kept, width = kept_now.shape
     n_removed, k = index.shape
+    # The kernel writes raw memory: what index_copy_ would refuse must be refused here
     if k == 0 or offset.shape != (n_removed, width) or offset.dtype != torch.float32:
         raise ValueError(f"rebuild_full needs k >= 1 neighbours and a float32 [{n_removed}, {width}] offset; "
                          f"got k={k}, offset {tuple(offset.shape)} {offset.dtype}")
+    if kept_pos.shape != (n_kept,) or removed_pos.shape != (n_removed,):
+        raise ValueError(f"rebuild_full: {n_kept} kept and {n_removed} removed rows, but positions of shape "
+                         f"{tuple(kept_pos.shape)} and {tuple(removed_pos.shape)}")
+    if {t.dtype for t in (index, kept_pos, removed_pos)} != {torch.long}:
+        raise ValueError("rebuild_full: index and positions must be torch.long")
+    if weight is not None and weight.shape != index.shape:
+        raise ValueError(f"rebuild_full: weight {tuple(weight.shape)} does not match index {tuple(index.shape)}")
+    tensors = [kept_now, offset, index, kept_pos, removed_pos] + ([] if weight is None else [weight])
+    if len({t.device for t in tensors}) != 1:
+        raise ValueError(f"rebuild_full: tensors on several devices {sorted({str(t.device) for t in tensors})}")
     kept_now, offset, index = kept_now.contiguous(), offset.contiguous(), index.contiguous()
     kept_pos, removed_pos = kept_pos.contiguous(), removed_pos.contiguous()
     weights = index if weight is None else weight.float().contiguous()  # an unused pointer when uniform

@@ -134,8 +134,8 @@ _SCHEMA: list[Column] = [
     _c("torch_version", "text", "torch version"),
     _c("transformers_version", "text", "transformers version"),
     _c("ipcv_version", "text", "this package's version"),
-    _c("ipcv_kernels", "text", "IPCV's kernel choices in the worker (ipcv.algorithm.Kernels, IPCV_KERNELS): none = the "
-       "torch path; they act on half-precision CUDA states only"),
+    _c("ipcv_kernels", "text", "IPCV's kernel choices asked for in the worker (ipcv.algorithm.Kernels, IPCV_KERNELS): "
+       "none = the torch path; they act on bf16/fp16 states only, the fused rebuild on CUDA only"),
     _c("git_commit", "text", "git commit of the code that measured the cell (+dirty: with uncommitted changes)"),
     _c("warmup", "count", "untimed requests before the timed ones"),
     _c("repeats", "count", "timed requests: the median and p10-p90 of each latency are over these"),

@@ -83,9 +83,13 @@ def test_fused_rebuild_equals_the_torch_path_and_the_float64_sum():
     for case in result:
         assert case["out_dtype"] == case["dtype"], case
         assert case["kept_rows_equal"] and case["short_token_at_anchor"], case
-        # one rounding of the output (half an ulp) plus float32 sums: within one ulp, as the torch path
-        assert case["max_ulps_from_float64"] <= 1.0, case
-        assert case["torch_path_ulps_from_float64"] <= 1.0, case
+        # one rounding to nearest of a float32 sum: half an ulp of the float64 sum (plus float32's own
+        # 2^-24, a thousandth of an fp16 ulp). Triton's interpreter converts float32 to bf16 by
+        # truncation (a GPU rounds to nearest), so bf16 gets one whole ulp here; gpu_checks.py
+        # --only kernels holds the GPU to the half ulp.
+        bound = 1.0 if case["dtype"] == "torch.bfloat16" else 0.501
+        assert case["max_ulps_from_float64"] <= bound, case
+        assert case["torch_path_ulps_from_float64"] <= 0.501, case
         assert case["max_ulps_from_torch_path"] <= 1.0, case
 
 
@@ -172,6 +176,55 @@ def test_padded_distance_product_finds_the_same_neighbours():
         assert torch.equal(plain[1].sum(dim=1), padded[1].sum(dim=1))
     short = seg_r == 3  # scoped: those tokens have two neighbours, of weight 1/2
     assert short.any() and bool((padded[1][short] > 0).sum(dim=1).eq(2).all())
+
+
+def test_padded_search_in_several_row_chunks_and_with_non_finite_tokens():
+    """More removed tokens than one distance chunk holds (the pad is added once, every chunk ranks
+    against it); and kept tokens with NaN features, whose columns top-k ranks after the pad rows'
+    infinity: with fewer finite kept tokens than k, a pad row is among the k nearest, and its index
+    must still name a kept token."""
+    g = torch.Generator().manual_seed(9)
+    removed = torch.randn(alg._DISTANCE_ROW_CHUNK + 700, 32, generator=g).to(torch.bfloat16)
+    kept = torch.randn(61, 32, generator=g).to(torch.bfloat16)
+    plain = alg.find_neighbors(removed, kept, 10)
+    with alg.use_kernels(alg.Kernels(padded_product=True)):
+        padded = alg.find_neighbors(removed, kept, 10)
+    assert torch.equal(plain[0].sort(dim=1).values, padded[0].sort(dim=1).values)
+    assert torch.equal(plain[1], padded[1])
+    few = kept[:13].clone()  # 13 kept tokens (3 pad rows), 5 of them NaN: 8 finite, k = 10
+    few[8:] = float("nan")
+    with alg.use_kernels(alg.Kernels(padded_product=True)):
+        index, _ = alg.find_neighbors(removed[:50], few, 10)
+    assert int(index.max()) < 13 and int(index.min()) >= 0
+
+
+def test_fused_rebuild_is_used_only_where_it_can_run(monkeypatch):
+    """Chosen, the kernel runs on bf16/fp16 CUDA states only: CPU states (no interpreter) and float32
+    take the torch path, without needing triton."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    index, weight = torch.zeros(3, 2, dtype=torch.long), torch.full((3, 2), 0.5)
+    with alg.use_kernels(alg.Kernels(fused_rebuild=True)):
+        for dtype in (torch.bfloat16, torch.float32):
+            recon = alg.Reconstruction(torch.ones(4, 8, dtype=dtype), torch.zeros(3, 8, dtype=dtype), index, weight)
+            assert recon.fused is None
+            # kept tokens drift by +1 from their anchors, so the removed ones go from 0 to 1
+            full = recon.full(torch.full((4, 8), 2.0, dtype=dtype), torch.arange(4), torch.arange(4, 7))
+            assert torch.equal(full, torch.tensor([2.0] * 4 + [1.0] * 3, dtype=dtype)[:, None].expand(7, 8))
+
+
+def test_fused_rebuild_refuses_mismatched_inputs():
+    """The kernel writes raw memory, so what ``index_copy_`` would refuse is refused before launch."""
+    pytest.importorskip("triton")
+    from ipcv import rebuild_kernel
+
+    kept = torch.zeros(4, 8, dtype=torch.bfloat16)
+    offset, index = torch.zeros(3, 8), torch.zeros(3, 2, dtype=torch.long)
+    for bad, match in (((kept, offset, index, None, torch.arange(3), torch.arange(4, 7)), "positions of shape"),
+                       ((kept, offset, index.int(), None, torch.arange(4), torch.arange(4, 7)), "torch.long"),
+                       ((kept, offset[:2], index, None, torch.arange(4), torch.arange(4, 7)), "offset"),
+                       ((kept, offset, index, torch.ones(3, 3), torch.arange(4), torch.arange(4, 7)), "weight")):
+        with pytest.raises(ValueError, match=match):
+            rebuild_kernel.rebuild_full(*bad)
 
 
 def test_kernel_choices_parse_and_restore():

@@ -52,6 +52,9 @@ def submit(profile: str | Path, address: str, out: str, *, wandb_mode: str | Non
         command += ["--wandb-mode", wandb_mode]
     env_vars = {"PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
     if os.environ.get("IPCV_KERNELS"):  # IPCV's kernel choices (ipcv.algorithm.Kernels) go with the job
+        from ipcv.algorithm import Kernels
+
+        Kernels.parse(os.environ["IPCV_KERNELS"])  # a typo fails here, not in every worker
         env_vars["IPCV_KERNELS"] = os.environ["IPCV_KERNELS"]
     if pass_wandb_key:
         if not os.environ.get("WANDB_API_KEY"):
