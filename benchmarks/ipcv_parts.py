@@ -69,9 +69,8 @@ def _with(choice: alg.Kernels, fn):
 def neighbour_candidates(removed: torch.Tensor, kept: torch.Tensor, k: int) -> dict:
     norms = kept.float().square().sum(dim=1)
     dist = torch.add(norms, alg._dot_float32(removed, kept), alpha=-2.0)
-    pad = -kept.shape[0] % alg._PRODUCT_ALIGN
-    kept_padded = torch.nn.functional.pad(kept, (0, 0, 0, pad))
-    norms_padded = torch.nn.functional.pad(norms, (0, pad), value=float("inf"))
+    kept_padded, norms_padded = alg.pad_kept_side(kept, norms)
+    pad = kept_padded.shape[0] - kept.shape[0]
     dist_padded = torch.add(norms_padded, alg._dot_float32(removed, kept_padded), alpha=-2.0)
     return {
         "find_neighbors (as run)": lambda: alg.find_neighbors(removed, kept, k),

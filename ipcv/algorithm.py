@@ -97,7 +97,7 @@ def _fused_rebuild_module(states: torch.Tensor):
         raise RuntimeError("IPCV's fused rebuild (IPCV_KERNELS / ipcv.algorithm.KERNELS.fused_rebuild) needs the "
                            "'triton' package, which CUDA builds of torch install; turn the choice off or install "
                            f"triton ({err})") from err
-    return rebuild_kernel if rebuild_kernel.usable(states) else None
+    return rebuild_kernel
 
 
 def kept_count(n_tokens: int, reduction_ratio: float) -> int:
@@ -211,12 +211,10 @@ def find_neighbors(
         kept_side = kept_feats
     else:
         kept_side = kept_feats.float().square().sum(dim=1)  # ||b||^2, float32
-        if padded:  # rows that are never nearest: zero features, infinite norm
-            pad = -n_kept % _PRODUCT_ALIGN
-            kept_feats = F.pad(kept_feats, (0, 0, 0, pad))
-            kept_side = F.pad(kept_side, (0, pad), value=math.inf)
+        if padded:
+            kept_feats, kept_side = pad_kept_side(kept_feats, kept_side)
             if scoped:
-                kept_segments = F.pad(kept_segments, (0, pad), value=-1)
+                kept_segments = F.pad(kept_segments, (0, kept_side.shape[0] - n_kept), value=-1)
     indices, weights = [], []
     for start in range(0, n_removed, _DISTANCE_ROW_CHUNK):
         rows = removed_feats[start : start + _DISTANCE_ROW_CHUNK]
@@ -238,6 +236,13 @@ def find_neighbors(
     if not scoped:  # every removed token has k' neighbours
         return index, torch.full((n_removed, k_eff), 1.0 / k_eff, dtype=torch.float32, device=device)
     return index, (weights[0] if len(weights) == 1 else torch.cat(weights))
+
+
+def pad_kept_side(kept_feats: torch.Tensor, norms: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kept side of the distance product padded to a multiple of ``_PRODUCT_ALIGN`` rows that
+    are never nearest: zero features, infinite norm (``KERNELS.padded_product``)."""
+    pad = -kept_feats.shape[0] % _PRODUCT_ALIGN
+    return F.pad(kept_feats, (0, 0, 0, pad)), F.pad(norms, (0, pad), value=math.inf)
 
 
 def _dot_float32(rows: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:

@@ -65,11 +65,6 @@ def _rebuild_rows(kept_ptr, offset_ptr, index_ptr, weight_ptr, kept_pos_ptr, rem
         tl.store(out_ptr + target * width + cols, tl.load(kept_ptr + source * width + cols, mask=inside), mask=inside)
 
 
-def usable(states: torch.Tensor) -> bool:
-    """Whether the kernel can run on ``states``: a CUDA tensor, or any under the interpreter."""
-    return states.is_cuda or INTERPRETED
-
-
 def rebuild_full(kept_now: torch.Tensor, offset: torch.Tensor, index: torch.Tensor, weight: torch.Tensor | None,
                  kept_pos: torch.Tensor, removed_pos: torch.Tensor, block: int = BLOCK) -> torch.Tensor:
     """The full sequence ``[n_kept + n_removed, D]`` in ``kept_now``'s dtype: row ``kept_pos[i]``
