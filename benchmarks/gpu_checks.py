@@ -65,6 +65,9 @@ def check_kernel_choices(device: torch.device, size: str) -> None:
         print(f"INFO fused rebuild not checked: {err}", flush=True)
     else:  # on a CPU only through Triton's interpreter (TRITON_INTERPRET=1: a dry run of this script)
         fused_ok = device.type == "cuda" or rebuild_kernel.INTERPRETED
+    search_ok = fused_ok and hasattr(triton_language(), "topk")
+    if fused_ok and not search_ok:
+        print("INFO fused search not checked: this Triton has no tl.topk", flush=True)
     width = 1280 if size == "7b" else 512
     g = torch.Generator(device=device).manual_seed(11)
     n = 9216 if size == "7b" else 1024
@@ -78,6 +81,7 @@ def check_kernel_choices(device: torch.device, size: str) -> None:
     same_rows = (index.sort(dim=1).values == padded_index.sort(dim=1).values).all(dim=1).float().mean().item()
     report(f"padded product neighbour sets ({n} tokens, width {width})", same_rows >= 0.999,
            f"{100 * same_rows:.3f}% of {removed.numel()} rows identical")
+    check_fused_search(removed_states, kept_states, index, search_ok)
     drifted = (kept_states.float() + torch.randn(kept_states.shape, device=device, generator=g)).to(torch.bfloat16)
     if fused_ok:
         exact = states.double()  # the float64 rebuild: anchor + mean drift of the neighbours
@@ -98,6 +102,7 @@ def check_kernel_choices(device: torch.device, size: str) -> None:
     tower = common.build(size, "bfloat16", device, "sdpa", tower_only=True)
     side = 96 if size == "7b" else 32
     choices = ["padded_product"] + (["fused_rebuild", "fused_rebuild,padded_product"] if fused_ok else [])
+    choices += ["fused_search", "fused_rebuild,fused_search"] if search_ok else []
     for label, layout in ((f"{side * 14}²", [(1, side, side)]), ("16 frames x 448²", [(8, 32, 32)])):
         inp = random_patches(layout, seed=2).to(device, torch.bfloat16)
         outs = {}
@@ -116,6 +121,35 @@ def check_kernel_choices(device: torch.device, size: str) -> None:
                    f"cosine to the torch path min {cos.min():.5f} mean {cos.mean():.6f} "
                    f"(torch path against itself: min {plain_cos:.5f})")
     del tower
+
+
+def triton_language():
+    import triton.language as tl
+
+    return tl
+
+
+def check_fused_search(removed: torch.Tensor, kept: torch.Tensor, index: torch.Tensor, run: bool) -> None:
+    """The fused search's neighbour sets against the torch path's (``index``), and both against
+    the float64 distances: a row may differ only where float32 rounding reorders near-equidistant
+    kept tokens, so every chosen neighbour must lie within float32 rounding of the true k-th
+    nearest distance."""
+    if not run:
+        return
+    k = index.shape[1]
+    with alg.use_kernels(alg.Kernels(fused_search=True)):
+        fused, _ = alg.find_neighbors(removed, kept, k)
+    same = (fused.sort(dim=1).values == index.sort(dim=1).values).all(dim=1)
+    exact = kept.double().square().sum(1)[None, :] - 2 * removed.double() @ kept.double().T
+    kth = exact.sort(dim=1).values[:, k - 1]
+    scale = exact.abs().amax(dim=1)  # float32 sums of terms this large round at ~2^-24 of it
+    excess = {name: ((exact.gather(1, chosen).amax(dim=1) - kth) / scale).max().item()
+              for name, chosen in (("fused", fused), ("torch", index))}
+    report(f"fused search neighbour sets ({removed.shape[0]} x {kept.shape[0]}, width {removed.shape[1]})",
+           bool(same.float().mean() >= 0.99) and excess["fused"] <= 1e-5,
+           f"{100 * same.float().mean().item():.3f}% of rows identical to the torch path; farthest chosen neighbour "
+           f"beyond the true k-th, relative to the row's largest distance: fused {excess['fused']:.2e}, torch path "
+           f"{excess['torch']:.2e} (float32 rounding ~6e-8 per term)")
 
 
 def check_ipcv(device: torch.device, size: str) -> None:

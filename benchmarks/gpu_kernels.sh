@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Issue 17's kernel choices (ipcv.algorithm.Kernels: the fused Triton rebuild, the padded distance
-# product) measured on a lent GPU in one call of the device tool, about 6 minutes on an H200:
+# product, the fused Triton neighbour search) measured on a lent GPU in one call of the device tool,
+# about 7 minutes on an H200 (an estimate: not yet run):
 #
-#   run(command="bash benchmarks/gpu_kernels.sh", carry=[".whl"], timeout_s=570)
+#   run(command="bash benchmarks/gpu_kernels.sh", carry=[".whl"], timeout_s=590)
 #
 # .whl (git-ignored) holds the small wheels the device image lacks (pydantic and its deps,
 # pillow; the image brings torch, transformers and triton). Steps, each with its own time limit:
@@ -30,7 +31,7 @@ else
     checks=()
     parts=(--device cuda --tokens 1024,9216,8192 --warmup 5 --repeats 30)
     tower=(--device cuda --attn sdpa --resolutions 448,1344 --videos 16x448 --warmup 10 --repeats 30 --cuda-graph
-           --kernels none,padded_product,fused_rebuild,fused_rebuild+padded_product)
+           --kernels none,padded_product,fused_rebuild,fused_search,fused_rebuild+fused_search)
 fi
 failed=0
 step() {  # name, time limit (s), command...: its exit status noted, the next step runs regardless
@@ -42,15 +43,16 @@ step() {  # name, time limit (s), command...: its exit status noted, the next st
     echo "== $name: exit $rc"
     [ "$rc" = 0 ] || failed=1
 }
-# Step limits add up to 530 s, under the 570 s of the device call. The scripts print each result as
+# Step limits add up to 550 s, under the 590 s of the device call. The scripts print each result as
 # a JSON line as they go: raw.txt keeps those (a step cut short still leaves its rows), log.txt the rest.
 {
     date -u
     nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null || echo "no nvidia-smi"
     python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
-    python -c "import triton; print('triton', triton.__version__)" || echo "no triton: the fused rebuild is not measured"
-    step "1. correctness of the kernel choices" 110 python benchmarks/gpu_checks.py --only kernels "${checks[@]}"
-    step "2. IPCV's steps" 120 python benchmarks/ipcv_parts.py "${parts[@]}" --out "$OUT/ipcv_parts"
+    python -c "import triton, triton.language as tl; print('triton', triton.__version__, 'tl.topk', hasattr(tl, 'topk'))" \
+        || echo "no triton: the fused kernels are not measured"
+    step "1. correctness of the kernel choices" 100 python benchmarks/gpu_checks.py --only kernels "${checks[@]}"
+    step "2. IPCV's steps" 150 python benchmarks/ipcv_parts.py "${parts[@]}" --out "$OUT/ipcv_parts"
     step "3. the tower with each kernel choice" 300 python benchmarks/vision_encoder.py --dtype bfloat16 \
         --as-queries kept "${tower[@]}" --out "$OUT/vision_kernels"
     date -u

@@ -5,7 +5,9 @@ Steps, on random bf16 states of width D (the Qwen2-VL-7B encoder's 1280 by defau
 with r of them removed and k neighbours:
 
 - ``neighbours``: the distance product and the top-k as the code runs them (``find_neighbors``),
-  and with the kept side padded to a multiple of 8 rows (``Kernels.padded_product``); the product
+  with the kept side padded to a multiple of 8 rows (``Kernels.padded_product``), and as one
+  Triton kernel (``Kernels.fused_search``, CUDA with triton only) at several tile sizes and shares
+  of the kept side per program; the product
   alone (as run: bf16 inputs, float32 output; padded; in bf16 throughout; in float32 on TF32
   tensor cores), the top-k alone, without sorting its k results, over the padded rows, and in
   two stages (the k smallest of every 256 columns, then of those);
@@ -72,10 +74,26 @@ def neighbour_candidates(removed: torch.Tensor, kept: torch.Tensor, k: int) -> d
     kept_padded, norms_padded = alg.pad_kept_side(kept, norms)
     pad = kept_padded.shape[0] - kept.shape[0]
     dist_padded = torch.add(norms_padded, alg._dot_float32(removed, kept_padded), alpha=-2.0)
+    fused = {}
+    if removed.is_cuda:
+        try:
+            from ipcv import search_kernel
+        except ImportError as err:
+            print(f"fused search not timed: {err}")
+        else:
+            fused["find_neighbors (fused search)"] = _with(alg.Kernels(fused_search=True),
+                                                           lambda: alg.find_neighbors(removed, kept, k))
+            for block_m, block_n, splits, warps in ((64, 64, 1, 4), (64, 64, None, 4), (64, 64, None, 8),
+                                                    (64, 128, None, 8), (128, 64, None, 8), (32, 64, None, 4)):
+                share = "kept side unsplit" if splits == 1 else "kept side split to fill the GPU"
+                fused[f"fused search only ({block_m}x{block_n} tiles, {share}, {warps} warps)"] = (
+                    lambda m=block_m, n=block_n, s=splits, w=warps: search_kernel.nearest(removed, kept, norms, k, s,
+                                                                                          m, n, w))
     return {
         "find_neighbors (as run)": lambda: alg.find_neighbors(removed, kept, k),
         "find_neighbors (padded product)": _with(alg.Kernels(padded_product=True),
                                                  lambda: alg.find_neighbors(removed, kept, k)),
+        **fused,
         "product only (mm, float32 out, as run)": lambda: torch.add(norms, alg._dot_float32(removed, kept), alpha=-2.0),
         f"product only (kept side padded by {pad}, float32 out)":
             lambda: torch.add(norms_padded, alg._dot_float32(removed, kept_padded), alpha=-2.0),

@@ -25,7 +25,8 @@ the neighbour search of half-precision features through float32 ``cdist`` as bef
 ablation: that lever's share of a change). ``--as-queries kept`` computes only the kept tokens'
 queries in the Attention-Stabilization blocks (``IPCVConfig.as_queries``). ``--kernels
 none,fused_rebuild+padded_product`` times IPCV with each choice of ``ipcv.algorithm.Kernels``
-(half precision on CUDA; the fused rebuild needs triton) against the same baseline.
+(half precision on CUDA; the fused rebuild and the fused search need triton) against the same
+baseline.
 
 ``--cuda-graph`` (CUDA only) also times both towers captured as CUDA graphs (``ipcv.cuda_graph``),
 each called with its layout computed on the host (the same call for both), and checks that a
@@ -156,34 +157,45 @@ def bench_one(tower, label: str, layout: tuple[int, int, int] | int,
             base.update({f"base_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
         for cfg, kernels in variants:
             row = {**base, "as_queries": cfg.as_queries, "kernels": kernels.names()}
-            with alg.use_kernels(kernels), ipcv.apply(tower, vision=cfg) as handle:
-                with record_vision_layout(tower) as layout:
-                    forward()
-                stats = handle.vision_stats
-                row["kept"] = stats.total_kept
-                row["flops_ipcv"] = vision_flops(dims, layout, stats.neighbor_search_flops)["total"]
-                row["flops_overhead"] = stats.neighbor_search_flops
-                row["ipcv"] = time_call(forward, device, warmup, repeats).to_dict()
-                row["mem_ipcv_mib"] = peak_memory_mib(forward, device)
-                # A separate set of runs: timing the steps adds one synchronisation per call.
-                handle.time_overhead = True
-                overhead: list[dict[str, float]] = []
-
-                def forward_with_overhead(overhead=overhead, handle=handle):
-                    forward()
-                    overhead.append(handle.vision_stats.overhead_ms)
-
-                timed = time_call(forward_with_overhead, device, 1, repeats)
-                overhead = overhead[1:]  # drop the warm-up call
-                parts = {k: statistics.median(o[k] for o in overhead) for k in overhead[0]}
-                row["overhead_ms"] = parts
-                row["overhead_share"] = sum(parts.values()) / timed.median_ms
-            if cuda_graph:
-                with alg.use_kernels(kernels):
-                    graphed = graphed_latency(tower, static_forward, cfg, device, warmup, repeats)
-                row.update({f"ipcv_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
-            rows.append(row)
+            try:  # a kernel choice that fails (e.g. a Triton that cannot compile it) costs its own row only
+                rows.append(_bench_variant(tower, forward, static_forward, row, cfg, kernels, dims, device, warmup,
+                                           repeats, cuda_graph))
+            except Exception as err:
+                traceback.print_exc()
+                rows.append({**row, "error": f"{type(err).__name__}: {err}"[:160]})
     return rows
+
+
+def _bench_variant(tower, forward, static_forward, row: dict, cfg: ipcv.IPCVConfig, kernels: alg.Kernels, dims,
+                   device, warmup: int, repeats: int, cuda_graph: bool) -> dict:
+    """One IPCV row of ``bench_one``: eager latency, FLOPs, memory and overhead, and the graphed call."""
+    with alg.use_kernels(kernels), ipcv.apply(tower, vision=cfg) as handle:
+        with record_vision_layout(tower) as layout:
+            forward()
+        stats = handle.vision_stats
+        row["kept"] = stats.total_kept
+        row["flops_ipcv"] = vision_flops(dims, layout, stats.neighbor_search_flops)["total"]
+        row["flops_overhead"] = stats.neighbor_search_flops
+        row["ipcv"] = time_call(forward, device, warmup, repeats).to_dict()
+        row["mem_ipcv_mib"] = peak_memory_mib(forward, device)
+        # A separate set of runs: timing the steps adds one synchronisation per call.
+        handle.time_overhead = True
+        overhead: list[dict[str, float]] = []
+
+        def forward_with_overhead(overhead=overhead, handle=handle):
+            forward()
+            overhead.append(handle.vision_stats.overhead_ms)
+
+        timed = time_call(forward_with_overhead, device, 1, repeats)
+        overhead = overhead[1:]  # drop the warm-up call
+        parts = {k: statistics.median(o[k] for o in overhead) for k in overhead[0]}
+        row["overhead_ms"] = parts
+        row["overhead_share"] = sum(parts.values()) / timed.median_ms
+    if cuda_graph:
+        with alg.use_kernels(kernels):
+            graphed = graphed_latency(tower, static_forward, cfg, device, warmup, repeats)
+        row.update({f"ipcv_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
+    return row
 
 
 def markdown(rows: list[dict], meta: dict) -> str:
@@ -201,7 +213,8 @@ def markdown(rows: list[dict], meta: dict) -> str:
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['input']} | {r['attn']} | {r.get('tokens', '-')} | unavailable: {r['error']} |")
+            lines.append(f"| {r['input']} | {r['attn']} | {r.get('as_queries', '-')} | {r.get('kernels', '-')} "
+                         f"| {r.get('tokens', '-')} | unavailable: {r['error']} |")
             continue
         b, i = r["base"], r["ipcv"]
         o = r["overhead_ms"]
@@ -252,7 +265,7 @@ def main() -> None:
                              "(IPCVConfig.as_queries); each is a row against the same baseline")
     parser.add_argument("--kernels", default="none",
                         help="comma list of IPCV kernel choices, each 'none' or names joined by '+' "
-                             "(fused_rebuild, padded_product; ipcv.algorithm.Kernels): each is a row per "
+                             "(fused_rebuild, padded_product, fused_search; ipcv.algorithm.Kernels): each is a row per "
                              "AS-query mode against the same baseline; half precision on CUDA only")
     parser.add_argument("--budget", choices=["global", "per_image"], default="global",
                         help="IPCVConfig.budget: per_image keeps floor(n (1 - r)) of every frame, so the host "
@@ -280,8 +293,9 @@ def main() -> None:
         kernel_sets = [alg.Kernels.parse(v.replace("+", ",")) for v in args.kernels.split(",")]
     except ValueError as err:
         raise SystemExit(f"--kernels: {err}") from err
-    if any(k.fused_rebuild for k in kernel_sets) and not args.device.startswith("cuda"):
-        raise SystemExit("--kernels fused_rebuild needs --device cuda: off CUDA the torch rebuild would run under its name")
+    for fused in ("fused_rebuild", "fused_search"):
+        if any(getattr(k, fused) for k in kernel_sets) and not args.device.startswith("cuda"):
+            raise SystemExit(f"--kernels {fused} needs --device cuda: off CUDA the torch path would run under its name")
     if any(k.any for k in kernel_sets) and args.dtype not in ("bfloat16", "float16"):
         raise SystemExit(f"--kernels acts on bfloat16 / float16 states only: in {args.dtype} the published path would "
                          "run under the kernels' name")

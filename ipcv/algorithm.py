@@ -45,10 +45,15 @@ class Kernels:
     (``ipcv/rebuild_kernel.py``) instead of a gather, a sum and two scatters; needs ``triton``.
     ``padded_product``: the neighbour search's distance product pads the kept side to a multiple
     of 8 rows, so the matrix kernels see aligned rows.
+    ``fused_search``: the unscoped neighbour search (the default ``neighbor_scope``, one request)
+    is one Triton kernel (``ipcv/search_kernel.py``): distances a tile at a time and each row's k
+    nearest kept in registers, no [R, M] distance matrix; ties go to the lower index. Needs
+    ``triton`` with ``tl.topk``; a scoped search keeps the torch path.
     """
 
     fused_rebuild: bool = False
     padded_product: bool = False
+    fused_search: bool = False
 
     @property
     def any(self) -> bool:
@@ -83,21 +88,25 @@ def use_kernels(choice: Kernels) -> Iterator[None]:
         KERNELS = previous
 
 
-def _fused_rebuild_module(states: torch.Tensor):
-    """``ipcv.rebuild_kernel`` when the fused rebuild is chosen and can run on ``states`` (half
-    precision on a CUDA device, or anywhere under Triton's interpreter); else ``None``: the torch
-    path runs, e.g. in a CPU worker of a sweep whose GPU workers use the kernel."""
-    if not KERNELS.fused_rebuild or states.dtype not in (torch.float16, torch.bfloat16):
+def _kernel_module(choice: str, states: torch.Tensor):
+    """The Triton module of kernel ``choice`` (``fused_rebuild``, ``fused_search``) when it is
+    chosen and can run on ``states`` (half precision on a CUDA device, or anywhere under Triton's
+    interpreter); else ``None``: the torch path runs, e.g. in a CPU worker of a sweep whose GPU
+    workers use the kernel."""
+    if not getattr(KERNELS, choice) or states.dtype not in (torch.float16, torch.bfloat16):
         return None
     if not states.is_cuda and os.environ.get("TRITON_INTERPRET", "0") != "1":
         return None
     try:
-        from ipcv import rebuild_kernel
+        if choice == "fused_rebuild":
+            from ipcv import rebuild_kernel as module
+        else:
+            from ipcv import search_kernel as module
     except ImportError as err:
-        raise RuntimeError("IPCV's fused rebuild (IPCV_KERNELS / ipcv.algorithm.KERNELS.fused_rebuild) needs the "
+        raise RuntimeError(f"IPCV's {choice} kernel (IPCV_KERNELS / ipcv.algorithm.KERNELS.{choice}) needs the "
                            "'triton' package, which CUDA builds of torch install; turn the choice off or install "
                            f"triton ({err})") from err
-    return rebuild_kernel
+    return module
 
 
 def kept_count(n_tokens: int, reduction_ratio: float) -> int:
@@ -191,7 +200,8 @@ def find_neighbors(
     order of the sums, at tensor-core speed instead of float32 ``cdist``'s. With
     ``KERNELS.padded_product`` the kept side is padded with rows of infinite norm (never nearer than
     a kept token; an index that lands on one, for a token short of neighbours or with non-finite
-    features, is clamped into range).
+    features, is clamped into range). With ``KERNELS.fused_search`` an unscoped half-precision
+    search on a GPU is one Triton kernel ranking the same quantity (``ipcv/search_kernel.py``).
 
     Returns ``(index [R, k'], weight [R, k'])`` with ``k' = min(k, M)``; rows of weight sum to 1
     (or 0 for a token without neighbours).
@@ -206,6 +216,11 @@ def find_neighbors(
         )
     exact = kept_feats.dtype == torch.float32
     scoped = removed_segments is not None and kept_segments is not None
+    search = None if scoped else _kernel_module("fused_search", kept_feats)
+    if search is not None:
+        norms = kept_feats.float().square().sum(dim=1)  # ||b||^2, float32, as below
+        index = search.nearest(removed_feats, kept_feats, norms, k_eff)
+        return index, torch.full((n_removed, k_eff), 1.0 / k_eff, dtype=torch.float32, device=device)
     padded = not exact and KERNELS.padded_product and n_kept % _PRODUCT_ALIGN != 0
     if exact:
         kept_side = kept_feats
@@ -298,7 +313,7 @@ class Reconstruction:
         self.fused = None  # ipcv.rebuild_kernel, when ``full`` runs it
         if neighbor_index is not None and neighbor_index.shape[1] > 0 and removed_anchor.shape[0] > 0:
             n_removed, width = neighbor_index.shape
-            self.fused = _fused_rebuild_module(kept_anchor)
+            self.fused = _kernel_module("fused_rebuild", kept_anchor)
             if self.fused is not None:
                 self.fused_args = (neighbor_index.contiguous(), None if uniform else neighbor_weight.float())
             self.index = neighbor_index.reshape(-1)
