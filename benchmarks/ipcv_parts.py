@@ -83,7 +83,7 @@ def neighbour_candidates(removed: torch.Tensor, kept: torch.Tensor, k: int) -> d
         else:
             fused["find_neighbors (fused search)"] = _with(alg.Kernels(fused_search=True),
                                                            lambda: alg.find_neighbors(removed, kept, k))
-            for block_m, block_n, splits, warps in ((64, 64, 1, 4), (64, 64, None, 4), (64, 64, None, 8),
+            for block_m, block_n, splits, warps in ((64, 64, 1, 8), (64, 64, None, 8), (64, 64, None, 4),
                                                     (64, 128, None, 8), (128, 64, None, 8), (32, 64, None, 4)):
                 share = "kept side unsplit" if splits == 1 else "kept side split to fill the GPU"
                 fused[f"fused search only ({block_m}x{block_n} tiles, {share}, {warps} warps)"] = (

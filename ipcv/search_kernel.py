@@ -33,11 +33,13 @@ import triton
 import triton.language as tl
 
 # Tile sizes: rows of removed tokens, columns of kept tokens, feature dimensions per step of the
-# product. 64 x 64 keeps the tile's keys (int64) and its float32 accumulator in registers with 4 warps.
+# product. Compiled for sm_90 (Triton 3.9's ptxas, 16-byte aligned operands and width as at launch),
+# 64 x 64 with 8 warps takes 110 registers per thread and no spills (two programs fit on one
+# multiprocessor); with 4 warps 174. Whether it is the fastest choice is for benchmarks/ipcv_parts.py.
 BLOCK_M = 64
 BLOCK_N = 64
 BLOCK_D = 64
-WARPS = 4
+WARPS = 8
 # The kept side is split between programs until there are about this many programs per
 # multiprocessor (a 1344² image has only 94 blocks of 64 removed rows for an H200's 132).
 PROGRAMS_PER_SM = 2
