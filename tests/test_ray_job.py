@@ -34,6 +34,8 @@ def test_jobs_submitted_to_a_local_head_complete_from_any_directory(tmp_path):
     env = {**os.environ, "RAY_ADDRESS": "", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_AUTH_MODE": "disabled",
            "WANDB_MODE": "disabled"}
     env.pop("IPCV_KERNELS", None)
+    # the head's workers and a job's `python` entrypoint are this interpreter's, activated or not
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     cells = len(expand(load_spec(ROOT / "profiles" / "tiny-test.yaml")))

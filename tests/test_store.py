@@ -137,32 +137,37 @@ def test_an_object_storage_out_holds_whole_cells_and_a_rerun_resumes_from_it(tmp
 
 def test_an_s3_out_on_a_local_s3_server(tmp_path, monkeypatch):
     """The same against S3's protocol: moto's server on 127.0.0.1, started and stopped here."""
-    import shutil
     import socket
     import subprocess
+    import sys
     import time
 
     from pyarrow import fs
 
-    server = shutil.which("moto_server")
-    if server is None:
-        pytest.skip("moto[server] is not installed (the dev extra has it)")
+    pytest.importorskip("moto.server", reason="moto[server] is not installed (the dev extra has it)")
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    process = subprocess.Popen([server, "-H", "127.0.0.1", "-p", str(port)], stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    # this interpreter's moto, not whichever `moto_server` comes first on PATH (another install's
+    # older moto fails pyarrow's multipart uploads)
+    process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
         monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
         monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "machine-a"))
         query = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        for _ in range(50):  # up when it answers
+        # up when it answers: moto imports for seconds, longer on a loaded machine
+        deadline = time.monotonic() + 90
+        while True:
             try:
                 s3, _ = fs.FileSystem.from_uri(f"s3://results?{query}&allow_bucket_creation=true")
                 s3.create_dir("results")
                 break
-            except OSError:
+            except OSError as err:
+                if process.poll() is not None or time.monotonic() > deadline:
+                    raise AssertionError(f"moto's S3 server on port {port} never answered "
+                                         f"(exit {process.poll()}): {err}") from err
                 time.sleep(0.2)
         uri = f"s3://results/sweeps/tiny?{query}"
         assert sweep(profile(), uri, stop_after=1).ok == 1
