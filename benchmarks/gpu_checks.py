@@ -1,7 +1,7 @@
 """Correctness checks that only a GPU can run: IPCV under bf16/fp16 CUDA kernels and the
 FlashAttention backend, at the Qwen2-VL-7B vision-encoder size (random weights), and the kernel
-choices of ``ipcv.algorithm.Kernels`` (the fused Triton rebuild, the padded distance product)
-against the torch path.
+choices of ``ipcv.algorithm.Kernels`` (the fused Triton rebuild, the padded distance product, the
+fused Triton neighbour search) against the torch path.
 
     python benchmarks/gpu_checks.py
     python benchmarks/gpu_checks.py --only kernels
@@ -56,8 +56,8 @@ def _ulps(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def check_kernel_choices(device: torch.device, size: str) -> None:
     """Each choice of ``alg.Kernels`` against the torch path on bf16 states of the encoder's width:
-    one rebuild within one rounding, neighbour sets of the padded product, and whole towers (one
-    1344² image, 16 frames at 448²) within bf16 noise of the torch path."""
+    one rebuild within one rounding, neighbour sets of the padded product and of the fused search,
+    and whole towers (one 1344² image, 16 frames at 448²) within bf16 noise of the torch path."""
     try:
         from ipcv import rebuild_kernel
     except ImportError as err:

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Issue 17's kernel choices (ipcv.algorithm.Kernels: the fused Triton rebuild, the padded distance
 # product, the fused Triton neighbour search) measured on a lent GPU in one call of the device tool,
-# about 7 minutes on an H200 (an estimate: not yet run):
+# at most 8 minutes (its step limits; an estimate of 5 to 7 on an H200, not yet run), which with the
+# machine's start leaves a few minutes of a session's 15 for one more short call:
 #
-#   run(command="bash benchmarks/gpu_kernels.sh", carry=[".whl"], timeout_s=590)
+#   run(command="bash benchmarks/gpu_kernels.sh", carry=[".whl"], timeout_s=520)
 #
 # .whl (git-ignored) holds the small wheels the device image lacks (pydantic and its deps,
 # pillow; the image brings torch, transformers and triton). Steps, each with its own time limit:
 #   1. correctness of each choice against the torch path (gpu_checks.py --only kernels);
-#   2. IPCV's steps one by one at 448², 1344² and 16 x 448² (ipcv_parts.py);
+#   2. IPCV's steps one by one at 448² and 1344² (ipcv_parts.py);
 #   3. the Qwen2-VL-7B tower with each choice against one baseline, eager and as CUDA graphs
 #      (vision_encoder.py --kernels), at 448², 1344² and 16 x 448², kept-query AS blocks.
 # Everything lands in $OUT: log.txt, raw.txt (with the JSON rows) and each step's .json/.md; the
@@ -29,8 +30,8 @@ if [ "${DRY:-0}" = 1 ]; then
            --kernels none,padded_product)
 else
     checks=()
-    parts=(--device cuda --tokens 1024,9216,8192 --warmup 5 --repeats 30)
-    tower=(--device cuda --attn sdpa --resolutions 448,1344 --videos 16x448 --warmup 10 --repeats 30 --cuda-graph
+    parts=(--device cuda --tokens 9216,1024 --warmup 5 --repeats 30)
+    tower=(--device cuda --attn sdpa --resolutions 1344,448 --videos 16x448 --warmup 10 --repeats 20 --cuda-graph
            --kernels none,padded_product,fused_rebuild,fused_search,fused_rebuild+fused_search)
 fi
 failed=0
@@ -43,7 +44,8 @@ step() {  # name, time limit (s), command...: its exit status noted, the next st
     echo "== $name: exit $rc"
     [ "$rc" = 0 ] || failed=1
 }
-# Step limits add up to 550 s, under the 590 s of the device call. The scripts print each result as
+# Step limits add up to 480 s, under the 520 s of the device call; the largest input goes first in
+# steps 2 and 3, so a step cut short loses the smallest. The scripts print each result as
 # a JSON line as they go: raw.txt keeps those (a step cut short still leaves its rows), log.txt the rest.
 {
     date -u
@@ -51,9 +53,9 @@ step() {  # name, time limit (s), command...: its exit status noted, the next st
     python -c "import torch, transformers; print('torch', torch.__version__, 'transformers', transformers.__version__)"
     python -c "import triton, triton.language as tl; print('triton', triton.__version__, 'tl.topk', hasattr(tl, 'topk'))" \
         || echo "no triton: the fused kernels are not measured"
-    step "1. correctness of the kernel choices" 100 python benchmarks/gpu_checks.py --only kernels "${checks[@]}"
-    step "2. IPCV's steps" 150 python benchmarks/ipcv_parts.py "${parts[@]}" --out "$OUT/ipcv_parts"
-    step "3. the tower with each kernel choice" 300 python benchmarks/vision_encoder.py --dtype bfloat16 \
+    step "1. correctness of the kernel choices" 110 python benchmarks/gpu_checks.py --only kernels "${checks[@]}"
+    step "2. IPCV's steps" 110 python benchmarks/ipcv_parts.py "${parts[@]}" --out "$OUT/ipcv_parts"
+    step "3. the tower with each kernel choice" 260 python benchmarks/vision_encoder.py --dtype bfloat16 \
         --as-queries kept "${tower[@]}" --out "$OUT/vision_kernels"
     date -u
     exit $failed

@@ -31,12 +31,14 @@ _PRODUCT_ALIGN = 8
 
 @dataclass
 class Kernels:
-    """Which implementation runs two of IPCV's steps on half-precision states (on a CUDA device,
-    where they are meant to pay).
+    """Which implementation runs IPCV's rebuild and neighbour search on half-precision states (on a
+    CUDA device, where they are meant to pay).
 
-    Both choices compute the same values as the default torch path up to the order of float32
-    sums (tests); they exist so one process can time both (``benchmarks/ipcv_parts.py``,
-    ``benchmarks/vision_encoder.py --kernels``) and stay off until a GPU run shows they pay.
+    Each choice computes the default torch path's values up to the order of float32 sums (tests:
+    the same rebuilt rows to one rounding, the same neighbour sets except where that order decides
+    between near-equidistant kept tokens); they exist so one process can time them
+    (``benchmarks/ipcv_parts.py``, ``benchmarks/vision_encoder.py --kernels``) and stay off until a
+    GPU run shows they pay.
     Float32 states always take the published code's path, so the float32 outputs and the CI
     gate's figures never depend on this. The environment variable ``IPCV_KERNELS`` (a comma list
     of field names, or ``none``) sets the defaults, e.g. for a sweep's workers.

@@ -77,8 +77,9 @@ def _nearest_keys(removed_ptr, kept_ptr, norms_ptr, keys_ptr, n_removed, n_kept,
         dist = norms[None, :] - 2.0 * acc  # ||b||^2 - 2 a.b, as the torch path ranks
         bits = dist.to(tl.int32, bitcast=True)
         ordered = bits ^ ((bits >> 31) & 0x7FFFFFFF)  # float order as signed-integer order
-        # NaN last, after +inf (torch.topk's order), whatever sign bit the device gave it
-        ordered = tl.where(dist != dist, 0x7FC00000, ordered)
+        # NaN last, after +inf (torch.topk's order), whatever sign bit the device gave it; -0.0 and
+        # +0.0 are one distance, so their tie goes to the lower index too
+        ordered = tl.where(dist != dist, 0x7FC00000, tl.where(dist == 0.0, 0, ordered))
         key = (ordered.to(tl.int64) << 32) | cols.to(tl.int64)[None, :]
         inverted = tl.where(col_ok[None, :], ~key, tl.full([BLOCK_M, BLOCK_N], -9223372036854775808, tl.int64))
         tile_best = tl.topk(inverted, KP)

@@ -17,7 +17,15 @@ import torch
 from ipcv import algorithm as alg
 from tests.test_rebuild_kernel import _run_interpreted
 
+try:
+    import triton.language as tl
+except ImportError:
+    tl = None
+needs_topk = pytest.mark.skipif(not hasattr(tl, "topk"),
+                                reason="the fused search needs triton with tl.topk (3.4 or later)")
 
+
+@needs_topk
 def test_fused_search_returns_the_k_nearest_in_order_with_ties_to_the_lower_index():
     """Integer features (exact in bf16, their distances exact in float32) with duplicated kept rows:
     the kernel's indices equal the stable argsort of the exact distances, whatever the shapes
@@ -52,6 +60,7 @@ def test_fused_search_returns_the_k_nearest_in_order_with_ties_to_the_lower_inde
     assert result[2]["boundary_ties"] > 0, result[2]  # k = 3 splits twins: the tie-break was exercised
 
 
+@needs_topk
 def test_fused_search_in_find_neighbors_and_a_patched_tower():
     """Random bf16 features: the kernel's neighbour sets equal the torch path's (no near-ties at this
     size), and it runs only for an unscoped search; in a bf16 tiny Qwen2-VL tower (one image: an
@@ -101,6 +110,7 @@ def test_fused_search_in_find_neighbors_and_a_patched_tower():
     assert f32["same_kept"] and f32["identical"] and f32["calls"] == 0, f32
 
 
+@needs_topk
 def test_fused_search_keeps_indices_in_range_for_non_finite_features():
     """A removed token with NaN features, and kept tokens with NaN or infinite features, still get
     k indices of kept tokens; finite kept tokens rank before non-finite ones."""
@@ -119,13 +129,19 @@ def test_fused_search_keeps_indices_in_range_for_non_finite_features():
         result = {"min": int(index.min()), "max": int(index.max()), "unique_per_row": all(
                       len(set(row)) == 10 for row in index.tolist()),
                   "finite_first": all(not bad & set(index[r].tolist()) for r in finite_rows)}
+        # every kept token ranked: an infinite distance (norm inf) after the finite ones, NaN last
+        few = torch.randn(6, 16, generator=g).to(torch.bfloat16)
+        norms = few.float().square().sum(1)
+        norms[1], norms[4] = float("nan"), float("inf")
+        result["all_ranked"] = search_kernel.nearest(removed[:3].to(torch.bfloat16), few, norms, 6)[:, -2:].tolist()
     """)
     assert result["min"] >= 0 and result["max"] < 20 and result["unique_per_row"], result
     assert result["finite_first"], result
+    assert result["all_ranked"] == [[4, 1]] * 3, result
 
 
+@needs_topk
 def test_fused_search_refuses_what_it_cannot_rank():
-    pytest.importorskip("triton")
     from ipcv import search_kernel
 
     removed, kept = torch.zeros(4, 8, dtype=torch.bfloat16), torch.zeros(6, 8, dtype=torch.bfloat16)
