@@ -20,6 +20,7 @@ from triton.compiler import ASTSource  # noqa: E402
 from ipcv import rebuild_kernel, search_kernel  # noqa: E402
 
 ALIGNED = [["tt.divisibility", 16]]
+pytestmark = pytest.mark.kernel
 
 
 def _compile(kernel, types: dict[str, str], constexprs: dict, aligned: list[str], arch: int, warps: int):

@@ -33,6 +33,7 @@ def _run_interpreted(body: str) -> dict:
     return json.loads(line[len("RESULT "):])
 
 
+@pytest.mark.kernel
 def test_fused_rebuild_equals_the_torch_path_and_the_float64_sum():
     """Uniform (unscoped) and weighted (scoped, with a token short of neighbours) rebuilds, bf16 and
     fp16, a width that is not a multiple of the kernel's column block: kept rows are copied
@@ -153,6 +154,7 @@ def test_fused_rebuild_in_a_patched_tower_keeps_the_selection_and_the_outputs():
             assert case["cosine"] > 0.9999, case
 
 
+@pytest.mark.kernel
 def test_padded_distance_product_finds_the_same_neighbours():
     """Padding the kept side (to a multiple of 8 rows) changes no neighbour set, with and without
     segments (a token whose segment has fewer kept tokens than k keeps indices in range and
@@ -178,6 +180,7 @@ def test_padded_distance_product_finds_the_same_neighbours():
     assert short.any() and bool((padded[1][short] > 0).sum(dim=1).eq(2).all())
 
 
+@pytest.mark.kernel
 def test_padded_search_in_several_row_chunks_and_with_non_finite_tokens():
     """More removed tokens than one distance chunk holds (the pad is added once, every chunk ranks
     against it); and kept tokens with NaN features, whose columns top-k ranks after the pad rows'
@@ -212,6 +215,7 @@ def test_fused_rebuild_is_used_only_where_it_can_run(monkeypatch):
             assert torch.equal(full, torch.tensor([2.0] * 4 + [1.0] * 3, dtype=dtype)[:, None].expand(7, 8))
 
 
+@pytest.mark.kernel
 def test_fused_rebuild_refuses_mismatched_inputs():
     """The kernel writes raw memory, so what ``index_copy_`` would refuse is refused before launch."""
     pytest.importorskip("triton")
@@ -227,6 +231,7 @@ def test_fused_rebuild_refuses_mismatched_inputs():
             rebuild_kernel.rebuild_full(*bad)
 
 
+@pytest.mark.kernel
 def test_kernel_choices_parse_and_restore():
     assert alg.Kernels.parse("fused_rebuild, padded_product") == alg.Kernels(True, True)
     assert alg.Kernels.parse("none") == alg.Kernels() and alg.Kernels().names() == "none"

@@ -25,6 +25,7 @@ needs_topk = pytest.mark.skipif(not hasattr(tl, "topk"),
                                 reason="the fused search needs triton with tl.topk (3.4 or later)")
 
 
+@pytest.mark.kernel
 @needs_topk
 def test_fused_search_returns_the_k_nearest_in_order_with_ties_to_the_lower_index():
     """Integer features (exact in bf16, their distances exact in float32) with duplicated kept rows:
@@ -110,6 +111,7 @@ def test_fused_search_in_find_neighbors_and_a_patched_tower():
     assert f32["same_kept"] and f32["identical"] and f32["calls"] == 0, f32
 
 
+@pytest.mark.kernel
 @needs_topk
 def test_fused_search_keeps_indices_in_range_for_non_finite_features():
     """A removed token with NaN features, and kept tokens with NaN or infinite features, still get
@@ -140,6 +142,7 @@ def test_fused_search_keeps_indices_in_range_for_non_finite_features():
     assert result["all_ranked"] == [[4, 1]] * 3, result
 
 
+@pytest.mark.kernel
 @needs_topk
 def test_fused_search_refuses_what_it_cannot_rank():
     from ipcv import search_kernel
