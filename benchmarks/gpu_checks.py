@@ -59,13 +59,13 @@ def check_kernel_choices(device: torch.device, size: str) -> None:
     one rebuild within one rounding, neighbour sets of the padded product and of the fused search,
     and whole towers (one 1344² image, 16 frames at 448²) within bf16 noise of the torch path."""
     try:
-        from ipcv import rebuild_kernel
+        from ipcv import rebuild_kernel, search_kernel
     except ImportError as err:
-        fused_ok = False
-        print(f"INFO fused rebuild not checked: {err}", flush=True)
+        fused_ok = search_ok = False
+        print(f"INFO fused rebuild and search not checked: {err}", flush=True)
     else:  # on a CPU only through Triton's interpreter (TRITON_INTERPRET=1: a dry run of this script)
         fused_ok = device.type == "cuda" or rebuild_kernel.INTERPRETED
-    search_ok = fused_ok and hasattr(triton_language(), "topk")
+        search_ok = fused_ok and search_kernel.HAS_TOPK
     if fused_ok and not search_ok:
         print("INFO fused search not checked: this Triton has no tl.topk", flush=True)
     width = 1280 if size == "7b" else 512
@@ -121,12 +121,6 @@ def check_kernel_choices(device: torch.device, size: str) -> None:
                    f"cosine to the torch path min {cos.min():.5f} mean {cos.mean():.6f} "
                    f"(torch path against itself: min {plain_cos:.5f})")
     del tower
-
-
-def triton_language():
-    import triton.language as tl
-
-    return tl
 
 
 def check_fused_search(removed: torch.Tensor, kept: torch.Tensor, index: torch.Tensor, run: bool) -> None:

@@ -218,20 +218,17 @@ def find_neighbors(
         )
     exact = kept_feats.dtype == torch.float32
     scoped = removed_segments is not None and kept_segments is not None
+    # float32: the kept features themselves (cdist); half precision: ||b||^2 in float32
+    kept_side = kept_feats if exact else kept_feats.float().square().sum(dim=1)
     search = None if scoped else _kernel_module("fused_search", kept_feats)
     if search is not None:
-        norms = kept_feats.float().square().sum(dim=1)  # ||b||^2, float32, as below
-        index = search.nearest(removed_feats, kept_feats, norms, k_eff)
+        index = search.nearest(removed_feats, kept_feats, kept_side, k_eff)
         return index, torch.full((n_removed, k_eff), 1.0 / k_eff, dtype=torch.float32, device=device)
     padded = not exact and KERNELS.padded_product and n_kept % _PRODUCT_ALIGN != 0
-    if exact:
-        kept_side = kept_feats
-    else:
-        kept_side = kept_feats.float().square().sum(dim=1)  # ||b||^2, float32
-        if padded:
-            kept_feats, kept_side = pad_kept_side(kept_feats, kept_side)
-            if scoped:
-                kept_segments = F.pad(kept_segments, (0, kept_side.shape[0] - n_kept), value=-1)
+    if padded:
+        kept_feats, kept_side = pad_kept_side(kept_feats, kept_side)
+        if scoped:
+            kept_segments = F.pad(kept_segments, (0, kept_side.shape[0] - n_kept), value=-1)
     indices, weights = [], []
     for start in range(0, n_removed, _DISTANCE_ROW_CHUNK):
         rows = removed_feats[start : start + _DISTANCE_ROW_CHUNK]

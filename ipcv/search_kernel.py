@@ -45,6 +45,7 @@ WARPS = 8
 PROGRAMS_PER_SM = 2
 _LOW32 = 0xFFFFFFFF
 INTERPRETED = os.environ.get("TRITON_INTERPRET", "0") == "1"
+HAS_TOPK = hasattr(tl, "topk")  # Triton 3.4 and later
 
 
 @triton.jit
@@ -115,7 +116,7 @@ def nearest(removed: torch.Tensor, kept: torch.Tensor, norms: torch.Tensor, k: i
         raise ValueError(f"nearest: k={k} must be between 1 and the {n_kept} kept rows")
     if len({removed.device, kept.device, norms.device}) != 1:
         raise ValueError("nearest: removed, kept and norms must be on one device")
-    if not hasattr(tl, "topk"):
+    if not HAS_TOPK:
         raise RuntimeError(f"IPCV's fused neighbour search needs triton.language.topk (Triton >= 3.4); this is "
                            f"Triton {triton.__version__}: turn IPCV_KERNELS' fused_search off")
     kp = triton.next_power_of_2(k)
