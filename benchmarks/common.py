@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from pipeline.models import VisionInput, build_random, family_named, family_of
+from pipeline.models import VisionInput, attention, build_random, family_named, family_of
 
 FAMILY = family_named("qwen2_vl")  # the family the benchmarks measure by default (the paper's Qwen2-VL)
 SIZES = tuple(s for s in FAMILY.sizes() if s != "tiny")
@@ -27,10 +27,18 @@ INTERNVIT = {"internvit-300m": "8b", "internvit-6b": "38b", "tiny": "tiny"}
 def build(size: str, dtype: str, device: torch.device, attn: str, tower_only: bool = False,
           family: str = "qwen2_vl") -> torch.nn.Module:
     """An architecture size of ``family`` with seeded random weights, built on ``device`` in
-    ``dtype`` (``attn`` "sdpa-flash" builds sdpa; ``attention_context`` then forces the flash kernel)."""
-    return build_random(family_named(family), INTERNVIT.get(size, size) if family == "internvl" else size,
-                        dtype=dtype, device=str(device), on_device=True, tower_only=tower_only,
-                        attn_implementation="sdpa" if attn.startswith("sdpa") else attn)
+    ``dtype`` (``attn`` "sdpa-flash" builds sdpa; ``attention_context`` then forces the flash kernel;
+    "torch_flash_varlen" builds sdpa and sets PyTorch's varlen kernel on the vision tower,
+    ``pipeline.models.attention``)."""
+    varlen = attn == attention.NAME
+    model = build_random(family_named(family), INTERNVIT.get(size, size) if family == "internvl" else size,
+                         dtype=dtype, device=str(device), on_device=True, tower_only=tower_only,
+                         attn_implementation="sdpa" if attn.startswith("sdpa") or varlen else attn)
+    if varlen:
+        if family != "qwen2_vl":
+            raise ValueError(f"{attn} is for Qwen-VL towers (packed segments); InternViT's tiles take sdpa")
+        attention.use_torch_flash_varlen(model if tower_only else family_named(family).tower(model))
+    return model
 
 
 def encode(tower: torch.nn.Module, inp: VisionInput) -> torch.Tensor:

@@ -6,7 +6,10 @@ merger to 3584) with random weights: speed does not depend on trained values. ``
 
 Attention implementations: ``eager``, ``sdpa`` (PyTorch picks the kernel), ``sdpa-flash`` (sdpa
 forced to PyTorch's FlashAttention backend), ``flash_attention_2`` (needs the flash-attn
-package; recorded as unavailable where it is missing).
+package; recorded as unavailable where it is missing), ``torch_flash_varlen`` (PyTorch's varlen
+flash kernel, ``pipeline/models/attention.py``; CUDA, half precision, Qwen-VL). The last two take
+every segment of a call (a video's frames) in one kernel call; ``eager`` and the sdpa ones take
+one call per segment from transformers' Python loop, in both towers.
 
     python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa,sdpa-flash
     python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa --resolutions 448,896,1344 --videos 16x448
@@ -156,7 +159,7 @@ def bench_one(tower, label: str, layout: tuple[int, int, int] | int,
             graphed = graphed_latency(tower, static_forward, None, device, warmup, repeats)
             base.update({f"base_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
         for cfg, kernels in variants:
-            row = {**base, "as_queries": cfg.as_queries, "kernels": kernels.names()}
+            row = {**base, "as_queries": cfg.as_queries, "budget": cfg.budget, "kernels": kernels.names()}
             try:  # a kernel choice that fails (e.g. a Triton that cannot compile it) costs its own row only
                 rows.append(_bench_variant(tower, forward, static_forward, row, cfg, kernels, dims, device, warmup,
                                            repeats, cuda_graph))
@@ -198,29 +201,33 @@ def _bench_variant(tower, forward, static_forward, row: dict, cfg: ipcv.IPCVConf
     return row
 
 
+def _setting(row: dict) -> str:
+    return f"{row.get('as_queries', '-')}, {row.get('budget', '-')}"
+
+
 def markdown(rows: list[dict], meta: dict) -> str:
     lines = [
         f"Vision encoder ({meta['size']}: {meta['size_config']}), {meta['dtype']}, batch 1 image, "
-        f"IPCV {meta['ipcv'][0]}" + (" (AS queries as in each row)" if len(meta['ipcv']) > 1 else ""),
+        f"IPCV {meta['ipcv'][0]}" + (" (AS queries and budget as in each row)" if len(meta['ipcv']) > 1 else ""),
         f"Device: {meta['provenance']['device']} ({meta['provenance']['device_type']}), torch "
         f"{meta['provenance']['torch']}, transformers {meta['provenance']['transformers']}, "
         f"clock {rows[0]['base']['clock'] if rows and 'base' in rows[0] else '-'}; "
         f"latency median [p10, p90] over {meta['repeats']} repeats after {meta['warmup']} warm-up",
         "",
-        "| input | attn | AS queries | kernels | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs "
+        "| input | attn | AS queries, budget | kernels | tokens | kept | base ms | IPCV ms | speed-up | base GFLOPs "
         "| IPCV GFLOPs | FLOPs saved | peak MiB base / IPCV | IPCV overhead (sel / nbr / restore ms) | overhead share |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['input']} | {r['attn']} | {r.get('as_queries', '-')} | {r.get('kernels', '-')} "
+            lines.append(f"| {r['input']} | {r['attn']} | {_setting(r)} | {r.get('kernels', '-')} "
                          f"| {r.get('tokens', '-')} | unavailable: {r['error']} |")
             continue
         b, i = r["base"], r["ipcv"]
         o = r["overhead_ms"]
         mem = "n/m" if r["mem_base_mib"] is None else f"{r['mem_base_mib']:.0f} / {r['mem_ipcv_mib']:.0f}"
         lines.append(
-            f"| {r['input']} | {r['attn']} | {r['as_queries']} | {r['kernels']} | {r['tokens']} | {r['kept']} "
+            f"| {r['input']} | {r['attn']} | {_setting(r)} | {r['kernels']} | {r['tokens']} | {r['kept']} "
             f"| {common.spread(b)} | {common.spread(i)} "
             f"| {b['median_ms'] / i['median_ms']:.2f}x | {r['flops_base'] / 1e9:.1f} | {r['flops_ipcv'] / 1e9:.1f} "
             f"| {100 * (1 - r['flops_ipcv'] / r['flops_base']):.1f}% | {mem} "
@@ -230,17 +237,17 @@ def markdown(rows: list[dict], meta: dict) -> str:
     graphed = [r for r in rows if "error" not in r and ("base_graph" in r or "base_graph_error" in r)]
     if graphed:
         lines += ["", "CUDA graphs (both towers captured on the same host-layout call; compare only with each other):", "",
-                  "| input | attn | AS queries | kernels | base graph ms | IPCV graph ms | speed-up "
+                  "| input | attn | AS queries, budget | kernels | base graph ms | IPCV graph ms | speed-up "
                   "| replay = eager (max abs diff base / IPCV) |",
                   "|---|---|---|---|---|---|---|---|"]
         for r in graphed:
             if "base_graph" not in r or "ipcv_graph" not in r:
                 why = r.get("ipcv_graph_error") or r.get("base_graph_error")
-                lines.append(f"| {r['input']} | {r['attn']} | {r['as_queries']} | {r['kernels']} | not captured: {why} |")
+                lines.append(f"| {r['input']} | {r['attn']} | {_setting(r)} | {r['kernels']} | not captured: {why} |")
                 continue
             b, i = r["base_graph"], r["ipcv_graph"]
             lines.append(
-                f"| {r['input']} | {r['attn']} | {r['as_queries']} | {r['kernels']} "
+                f"| {r['input']} | {r['attn']} | {_setting(r)} | {r['kernels']} "
                 f"| {common.spread(b)} | {common.spread(i)} | {b['median_ms'] / i['median_ms']:.2f}x "
                 f"| {r['base_graph_replay_max_diff']:.3g} / {r['ipcv_graph_replay_max_diff']:.3g} |"
             )
@@ -252,7 +259,8 @@ def main() -> None:
     parser.add_argument("--family", choices=["qwen2_vl", "internvl"], default="qwen2_vl")
     parser.add_argument("--size", choices=common.SIZES + tuple(common.INTERNVIT), default=None,
                         help="Qwen2-VL: 7b (default), small, ...; InternVL: internvit-6b (default), internvit-300m, tiny")
-    parser.add_argument("--attn", default="sdpa", help="comma list: eager, sdpa, sdpa-flash, flash_attention_2")
+    parser.add_argument("--attn", default="sdpa",
+                        help="comma list: eager, sdpa, sdpa-flash, flash_attention_2, torch_flash_varlen")
     parser.add_argument("--prune-layer", type=int, default=None, help="default: 3 (Qwen2-VL), 7 (InternVL)")
     parser.add_argument("--reduction-ratio", type=float, default=0.65)
     parser.add_argument("--as-layers", type=int, default=None, help="default: 7 (Qwen2-VL), 3 (InternVL)")
@@ -267,9 +275,10 @@ def main() -> None:
                         help="comma list of IPCV kernel choices, each 'none' or names joined by '+' "
                              "(fused_rebuild, padded_product, fused_search; ipcv.algorithm.Kernels): each is a row per "
                              "AS-query mode against the same baseline; half precision on CUDA only")
-    parser.add_argument("--budget", choices=["global", "per_image"], default="global",
-                        help="IPCVConfig.budget: per_image keeps floor(n (1 - r)) of every frame, so the host "
-                             "knows each frame's count (a video under it can be captured as a CUDA graph)")
+    parser.add_argument("--budget", default="global",
+                        help="comma list of global, per_image (IPCVConfig.budget; each a row against the same "
+                             "baseline): per_image keeps floor(n (1 - r)) of every frame, so the host knows each "
+                             "frame's count (a video under it can be captured as a CUDA graph)")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="also time both towers captured as CUDA graphs (CUDA only)")
     args = parser.parse_args()
@@ -284,11 +293,14 @@ def main() -> None:
     if (size in common.INTERNVIT) != internvl:
         raise SystemExit(f"--size {size} is not a size of --family {args.family}")
     device, dtype = torch.device(args.device), parse_dtype(args.dtype)
+    budgets = args.budget.split(",")
+    if not set(budgets) <= {"global", "per_image"}:
+        raise SystemExit(f"--budget {args.budget}: each must be global or per_image")
     cfgs = [ipcv.IPCVConfig(
         prune_layer=args.prune_layer or (7 if internvl else 3), reduction_ratio=args.reduction_ratio,
         as_layers=args.as_layers or (3 if internvl else 7), neighbors=args.neighbors, as_queries=queries,
-        budget=args.budget,
-    ) for queries in args.as_queries.split(",")]
+        budget=budget,
+    ) for budget in budgets for queries in args.as_queries.split(",")]
     try:
         kernel_sets = [alg.Kernels.parse(v.replace("+", ",")) for v in args.kernels.split(",")]
     except ValueError as err:

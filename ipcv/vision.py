@@ -118,9 +118,11 @@ class _PrunePlan:
     def kept_queries(self, kwargs: dict[str, Any]) -> KeptQueries:
         """The kept tokens as the queries of an Attention-Stabilization block called with the
         tower's full-sequence ``kwargs``."""
-        lengths, key_lengths = self.segment_lengths(kwargs["cu_seqlens"])
+        cu = kwargs["cu_seqlens"]
+        lengths, key_lengths = self.segment_lengths(cu)
         rope = next((kwargs[n] for n in ("position_embeddings", "rotary_pos_emb") if kwargs.get(n) is not None), None)
-        return KeptQueries(self.kept, lengths, key_lengths, None if rope is None else self.kept_rope(rope))
+        return KeptQueries(self.kept, lengths, key_lengths, None if rope is None else self.kept_rope(rope),
+                           boundaries=self.kept_cu(cu, need_longest=False)[0])
 
     def kept_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The tower's keyword arguments for a block, restated for the kept tokens."""

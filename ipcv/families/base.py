@@ -35,12 +35,15 @@ class KeptQueries:
     tokens' positions in the rebuilt sequence, and per attention segment of the call (image, frame,
     window or tile, in order) how many kept queries and how many keys it holds (host integers,
     zeros included, so the two lists pair up). ``position_embeddings``: the kept rows of the
-    tower's rotary tables (packed layout; ``None`` for tiles, which take no positions)."""
+    tower's rotary tables (packed layout; ``None`` for tiles, which take no positions).
+    ``boundaries``: the kept queries' segment boundaries on the tower's device (packed layout),
+    for a varlen (flash) kernel that takes every segment in one call."""
 
     index: torch.Tensor
     lengths: list[int]
     key_lengths: list[int]
     position_embeddings: Any = None
+    boundaries: torch.Tensor | None = None
 
 
 @dataclass(frozen=True)

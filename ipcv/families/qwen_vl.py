@@ -81,7 +81,7 @@ class QwenVLFamily(VisionFamily):
 
     def attend_kept(self, attention: nn.Module, hidden: torch.Tensor, queries: KeptQueries,
                     kwargs: dict[str, Any]) -> torch.Tensor:
-        return _kept_query_attention(attention, hidden, queries, kwargs["position_embeddings"])
+        return _kept_query_attention(attention, hidden, queries, kwargs)
 
     def attention_and_mlp(self, block: nn.Module) -> tuple[nn.Module, nn.Module]:
         return block.attn, block.mlp
@@ -97,11 +97,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def _kept_query_attention(attention: nn.Module, x: torch.Tensor, queries: KeptQueries,
-                          position_embeddings: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+                          kwargs: dict[str, Any]) -> torch.Tensor:
     """``attention``'s output for the kept rows of ``x [N, D]``: queries from the kept tokens only
     (the first third of the fused qkv weight), keys and values from every token, each segment
     attending within itself as in the tower's own call, then the output projection on the kept
-    rows. Returns ``[M, D]``."""
+    rows. Returns ``[M, D]``.
+
+    The kernel is called as the tower calls it: a flash (varlen) implementation once for all
+    segments, with the kept queries' boundaries against the tower's ``cu_seqlens``; any other once
+    per segment, as transformers' own loop does."""
     n, width = x.shape
     heads = attention.num_heads
     weight, bias = attention.qkv.weight, attention.qkv.bias
@@ -109,16 +113,24 @@ def _kept_query_attention(attention: nn.Module, x: torch.Tensor, queries: KeptQu
     kv = F.linear(x, weight[width:], None if bias is None else bias[width:])
     q = q.view(q.shape[0], heads, -1)
     k, v = kv.view(n, 2, heads, -1).unbind(1)
-    (cos, sin), (cos_q, sin_q) = position_embeddings, queries.position_embeddings
+    (cos, sin), (cos_q, sin_q) = kwargs["position_embeddings"], queries.position_embeddings
     q, k = _rotate(q, cos_q, sin_q), _rotate(k, cos, sin)
     q, k, v = (t.transpose(0, 1).unsqueeze(0) for t in (q, k, v))  # [1, heads, tokens, head_dim]
+    from transformers.utils.generic import is_flash_attention_requested
+
     kernel = attention_function(attention)
+    common = {"attention_mask": None, "scaling": attention.scaling, "dropout": 0.0, "is_causal": False}
+    if is_flash_attention_requested(attention.config) and queries.boundaries is not None:
+        max_k = kwargs.get("max_seqlen")
+        out, _ = kernel(attention, q, k, v, cu_seq_lens_q=queries.boundaries, cu_seq_lens_k=kwargs["cu_seqlens"],
+                        max_length_q=max(queries.lengths),
+                        max_length_k=max(queries.key_lengths) if max_k is None else max_k, **common)
+        return attention.proj(out.reshape(q.shape[2], -1).contiguous())
     outputs, q_at, k_at = [], 0, 0
     for q_len, k_len in zip(queries.lengths, queries.key_lengths):
         if q_len:
             out, _ = kernel(attention, q[:, :, q_at:q_at + q_len], k[:, :, k_at:k_at + k_len],
-                            v[:, :, k_at:k_at + k_len], attention_mask=None, scaling=attention.scaling,
-                            dropout=0.0, is_causal=False)
+                            v[:, :, k_at:k_at + k_len], **common)
             outputs.append(out)
         q_at, k_at = q_at + q_len, k_at + k_len
     out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)

@@ -304,18 +304,29 @@ class QwenVL(ModelFamily):
         """The tower pops precomputed layout values from its keyword arguments (transformers'
         ``vision_utils``): ``cu_seqlens`` (and Qwen2.5-VL's window boundaries) stay on the host,
         where transformers' sdpa path reads them in every block, positions and the window order go
-        to the device. ``grid_thw`` stays on the host for IPCV's patch, which reads it."""
+        to the device. On a flash (varlen) attention the boundaries go to the device, where the
+        kernel reads them, with their longest segment (the tower would read it from the device).
+        ``grid_thw`` stays on the host for IPCV's patch, which reads it."""
+        from transformers.utils.generic import is_flash_attention_requested
         from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids, get_vision_window_index
 
         grid, device, cfg = inp.grid_thw.cpu(), inp.pixel_values.device, tower.config
+        varlen = is_flash_attention_requested(cfg)
+
+        def bounds(cu: torch.Tensor, name: str) -> dict[str, Any]:
+            if not varlen:
+                return {name: cu}
+            longest = "max_seqlen" if name == "cu_seqlens" else "max_window_seqlen"
+            return {name: cu.to(device), longest: int((cu[1:] - cu[:-1]).max())}
+
         kwargs: dict[str, Any] = {
-            "grid_thw": grid, "cu_seqlens": get_vision_cu_seqlens(grid),
+            "grid_thw": grid, **bounds(get_vision_cu_seqlens(grid), "cu_seqlens"),
             "position_ids": get_vision_position_ids(grid, cfg.spatial_merge_size).to(device),
         }
         if getattr(cfg, "fullatt_block_indexes", None) is not None:  # Qwen2.5-VL's window attention
             order, window_cu = get_vision_window_index(grid, spatial_merge_size=cfg.spatial_merge_size,
                                                        window_size=cfg.window_size, patch_size=cfg.patch_size)
-            kwargs.update(window_index=order.to(device), cu_window_seqlens=window_cu)
+            kwargs.update(window_index=order.to(device), **bounds(window_cu, "cu_window_seqlens"))
         return (inp.pixel_values,), kwargs
 
     def _grid(self, request: dict[str, torch.Tensor]) -> torch.Tensor:

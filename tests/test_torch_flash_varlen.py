@@ -1,0 +1,163 @@
+"""``torch_flash_varlen`` (pipeline/models/attention.py): PyTorch's varlen flash kernel as a
+Qwen-VL tower's attention, so the tower takes every segment in one call.
+
+The kernel is CUDA only; here a reference in its place (per-segment sdpa on the packed
+``[T, H, D]`` layout ``varlen_attn`` takes) checks what the adapter hands it: the layout, int32
+boundaries, lengths, and outputs equal to the tower's own sdpa loop, unpatched and under IPCV.
+On a GPU ``benchmarks/gpu_checks.py --only varlen`` compares the real kernel with sdpa."""
+
+import contextlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import ipcv
+from pipeline.models import attention
+from pipeline.models.qwen_vl import random_patches
+from tests.conftest import run_tower, tiny, tower_of
+
+CALLS: list[dict] = []
+
+
+def varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None):
+    """What ``varlen_attn`` computes, by segments: ``q [Tq, H, D]``, ``k / v [Tk, H, D]``."""
+    extra = {} if scale is None else {"scale": scale}
+    assert q.dim() == 3 and k.shape[1:] == q.shape[1:] and cu_q.dtype == cu_k.dtype == torch.int32
+    q_len, k_len = (cu_q[1:] - cu_q[:-1]).tolist(), (cu_k[1:] - cu_k[:-1]).tolist()
+    assert sum(q_len) == q.shape[0] and sum(k_len) == k.shape[0]
+    assert max_q == max(q_len) and max_k == max(k_len)
+    CALLS.append({"q": q_len, "k": k_len, **extra})
+    out = [F.scaled_dot_product_attention(a.transpose(0, 1), b.transpose(0, 1), c.transpose(0, 1), **extra).transpose(0, 1)
+           for a, b, c in zip(q.split(q_len), k.split(k_len), v.split(k_len)) if a.shape[0]]
+    return torch.cat(out)
+
+
+@pytest.fixture
+def reference_kernel(monkeypatch):
+    monkeypatch.setattr(attention, "_kernel", lambda: varlen_reference)
+    monkeypatch.setattr(attention, "KERNEL_DEVICES", ("cuda", "cpu"))
+    monkeypatch.setattr(attention, "KERNEL_DTYPES", (torch.float16, torch.bfloat16, torch.float32))
+    CALLS.clear()
+
+
+def _tower(name: str, attn: str, dtype: str = "float32"):
+    model = tiny(name, dtype=dtype)
+    if attn == attention.NAME:
+        attention.use_torch_flash_varlen(tower_of(model))
+    return model
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+@pytest.mark.parametrize("queries", [None, "all", "kept"])
+def test_tower_on_the_varlen_path_equals_its_sdpa_loop(reference_kernel, name, queries):
+    """A video (its frames one segment each) and an image in one call: every block makes one
+    kernel call, and the features equal the sdpa tower's, unpatched and under IPCV (float32, so
+    that the same tokens are kept: in half precision a near-tie at the budget's edge may flip)."""
+    inp = random_patches([(4, 8, 8), (1, 12, 8)], seed=3)
+    outs, kept = {}, {}
+    for attn in ("sdpa", attention.NAME):
+        model = _tower(name, attn)
+        CALLS.clear()
+        if queries is None:
+            outs[attn] = run_tower(tower_of(model), inp).pooler_output
+        else:
+            with ipcv.apply(model, vision=ipcv.IPCVConfig(as_layers=2, as_queries=queries)) as handle:
+                outs[attn] = run_tower(tower_of(model), inp).pooler_output
+                kept[attn] = handle.vision_stats.tokens_kept
+    depth = len(tower_of(model).blocks)
+    assert len(CALLS) == depth  # one call per block, none per segment
+    if name == "tiny-qwen2-vl":
+        assert CALLS[0]["k"] == [64] * 4 + [96]
+    assert kept.get("sdpa") == kept.get(attention.NAME)
+    torch.testing.assert_close(outs[attention.NAME], outs["sdpa"], rtol=1e-5, atol=1e-5)
+
+
+def test_half_precision_tower(reference_kernel):
+    """bfloat16, as the kernel runs: the unpatched tower's features agree with sdpa's."""
+    inp = random_patches([(2, 8, 8)], seed=4)
+    outs = {attn: run_tower(tower_of(_tower("tiny-qwen2-vl", attn, "bfloat16")), inp).pooler_output.float()
+            for attn in ("sdpa", attention.NAME)}
+    assert F.cosine_similarity(outs[attention.NAME], outs["sdpa"], dim=-1).min() > 0.999
+
+
+def test_rows_without_boundaries_are_one_sequence_each(reference_kernel):
+    """Called as a plain attention (``[B, H, L, D]``, no boundaries), each row is a sequence."""
+    q, k, v = (torch.randn(3, 2, 5, 8) for _ in range(3))
+    out, _ = attention.torch_flash_varlen(None, q, k, v, None, scaling=8**-0.5)
+    assert CALLS[-1]["q"] == [5, 5, 5] and "scale" not in CALLS[-1]  # the default scale is not passed
+    expected = F.scaled_dot_product_attention(q, k, v).transpose(1, 2)
+    torch.testing.assert_close(out, expected)
+    out, _ = attention.torch_flash_varlen(None, q, k, v, None, scaling=0.5)
+    assert CALLS[-1]["scale"] == 0.5
+    torch.testing.assert_close(out, F.scaled_dot_product_attention(q, k, v, scale=0.5).transpose(1, 2))
+
+
+def test_boundaries_without_their_longest_segment(reference_kernel):
+    """A caller that hands boundaries but not their longest segment gets it read from them."""
+    q, k = torch.randn(1, 2, 7, 8), torch.randn(1, 2, 9, 8)
+    cu_q, cu_k = torch.tensor([0, 2, 7], dtype=torch.int32), torch.tensor([0, 6, 9], dtype=torch.int32)
+    out, _ = attention.torch_flash_varlen(None, q, k, k, None, cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k)
+    assert CALLS[-1]["q"] == [2, 5] and CALLS[-1]["k"] == [6, 3]  # the reference checks max_q = 5, max_k = 6
+    expected = torch.cat([F.scaled_dot_product_attention(q[:, :, :2], k[:, :, :6], k[:, :, :6]),
+                          F.scaled_dot_product_attention(q[:, :, 2:], k[:, :, 6:], k[:, :, 6:])], dim=2)
+    torch.testing.assert_close(out, expected.transpose(1, 2))
+
+
+def test_a_kernel_without_a_scale_argument_refuses_another_scale(reference_kernel, monkeypatch):
+    """PyTorch 2.10's varlen_attn has no ``scale``: the default scale runs, another is refused."""
+    monkeypatch.setattr(attention, "_kernel", lambda: lambda q, k, v, cu_q, cu_k, max_q, max_k: varlen_reference(
+        q, k, v, cu_q, cu_k, max_q, max_k))
+    q = torch.randn(1, 2, 4, 8)
+    attention.torch_flash_varlen(None, q, q, q, None, scaling=8**-0.5)
+    with pytest.raises(RuntimeError, match="no scale argument"):
+        attention.torch_flash_varlen(None, q, q, q, None, scaling=0.5)
+
+
+def test_refusals_say_why():
+    q = torch.randn(1, 2, 4, 8, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="CUDA only"):
+        attention.torch_flash_varlen(None, q, q, q, None)
+
+
+def test_refusals_on_a_kernel_device(reference_kernel):
+    q = torch.randn(1, 2, 4, 8, dtype=torch.bfloat16)
+    with pytest.raises(RuntimeError, match="float16 / bfloat16"):
+        attention.torch_flash_varlen(None, q.double(), q.double(), q.double(), None)
+    with pytest.raises(RuntimeError, match="vision towers"):
+        attention.torch_flash_varlen(None, q, q, q, torch.ones(1, 1, 4, 4, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="vision towers"):
+        attention.torch_flash_varlen(None, q, q, q, None, is_causal=True)
+    cu = torch.tensor([0, 4], dtype=torch.int32)
+    with pytest.raises(ValueError, match="one packed row"):
+        attention.torch_flash_varlen(None, q.expand(2, -1, -1, -1), q, q, None, cu_seq_lens_q=cu, max_length_q=4)
+    assert not CALLS
+
+
+def test_use_sets_every_config_of_the_tower():
+    model = tiny("tiny-qwen2.5-vl")
+    tower = attention.use_torch_flash_varlen(tower_of(model))
+    names = {sub.config._attn_implementation for sub in tower.modules() if hasattr(sub, "config")}
+    assert names == {attention.NAME}
+    assert model.model.language_model.config._attn_implementation != attention.NAME  # the tower only
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_host_layout_call_on_the_varlen_path(reference_kernel, name):
+    """The call a CUDA graph captures states the longest segment on the host (the tower would
+    read it from the device) and gives the plain call's features, unpatched and under IPCV."""
+    from pipeline.models import family_of
+
+    inp = random_patches([(2, 8, 8), (1, 12, 8)], seed=6)
+    tower = tower_of(_tower(name, attention.NAME))
+    args, kwargs = family_of(tower).host_layout_call(tower, inp)
+    assert kwargs["max_seqlen"] == 96
+    if name == "tiny-qwen2.5-vl":
+        windows = kwargs["cu_window_seqlens"]
+        assert kwargs["max_window_seqlen"] == int((windows[1:] - windows[:-1]).max())
+    for cfg in (None, ipcv.IPCVConfig(as_layers=2, as_queries="kept", budget="per_image")):
+        with ipcv.apply(tower, vision=cfg) if cfg else contextlib.nullcontext():
+            with torch.no_grad():
+                plain = run_tower(tower, inp).pooler_output
+                hosted = tower(*args, **dict(kwargs)).pooler_output
+        torch.testing.assert_close(hosted, plain, rtol=0, atol=0)
