@@ -133,6 +133,7 @@ def bench_one(tower, label: str, layout: tuple[int, int, int] | int,
               device, dtype, warmup: int, repeats: int, cuda_graph: bool = False) -> list[dict]:
     """One input: the unpatched tower once, then IPCV with each config and kernel choice (rows
     share the baseline)."""
+    one_frame = layout == 1 if isinstance(layout, int) else layout[0] == 1
     inp, described = random_input(layout)
     inp = inp.to(device, dtype)
     dims = vision_dims(tower)
@@ -150,15 +151,18 @@ def bench_one(tower, label: str, layout: tuple[int, int, int] | int,
     base: dict = {"input": label, **described, "attn": attn}
     rows = []
     with common.attention_context(attn):
-        with record_vision_layout(tower) as layout:
+        with record_vision_layout(tower) as recorded:
             forward()
-        base["flops_base"] = vision_flops(dims, layout)["total"]
+        base["flops_base"] = vision_flops(dims, recorded)["total"]
         base["base"] = time_call(forward, device, warmup, repeats).to_dict()
         base["mem_base_mib"] = peak_memory_mib(forward, device)
         if cuda_graph:
             graphed = graphed_latency(tower, static_forward, None, device, warmup, repeats)
             base.update({f"base_graph{'' if k == 'timing' else '_' + k}": v for k, v in graphed.items()})
         for cfg, kernels in variants:
+            if one_frame and cfg.budget == "per_image" and any(
+                    (c.as_queries, c.budget, k) == (cfg.as_queries, "global", kernels) for c, k in variants):
+                continue  # one frame: the per-frame budget is the global one, a row already measured
             row = {**base, "as_queries": cfg.as_queries, "budget": cfg.budget, "kernels": kernels.names()}
             try:  # a kernel choice that fails (e.g. a Triton that cannot compile it) costs its own row only
                 rows.append(_bench_variant(tower, forward, static_forward, row, cfg, kernels, dims, device, warmup,

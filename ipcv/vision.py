@@ -67,13 +67,20 @@ class _PrunePlan:
 
         A ``cu`` with one boundary per frame holds the frames' boundaries (a Qwen2.5-VL window
         ``cu`` with one window per frame has the same ones), so with kept counts per frame known
-        the host states it without reading the device; otherwise it is computed on the device,
-        and the host waits for it once."""
+        (every frame keeps at least one token) they are the kept tokens before each boundary: the
+        host states them for a ``cu`` it holds (the tower called with its layout on the host), the
+        kept tokens' device counts them for a ``cu`` there (no copy from the host, which a CUDA
+        graph could not capture), and the longest is known.
+        Otherwise they are computed on the device, empty segments dropped, and the host waits for
+        them once."""
         entry = next((e for source, e in self._cu_cache if source is cu), None)
         if entry is None:
             if self.kept_per_frame is not None and cu.shape[0] == len(self.kept_per_frame) + 1:
-                bounds = torch.tensor([0, *itertools.accumulate(self.kept_per_frame)], dtype=cu.dtype)
-                entry = [alg.to_device(bounds, cu.device), max(self.kept_per_frame)]
+                if cu.device != self.kept.device:
+                    bounds = torch.tensor([0, *itertools.accumulate(self.kept_per_frame)], dtype=cu.dtype)
+                else:
+                    bounds = torch.searchsorted(self.kept, cu.to(self.kept.dtype)).to(cu.dtype)
+                entry = [bounds, max(self.kept_per_frame)]
             else:
                 entry = [alg.subset_cu_seqlens(cu.to(self.kept.device), self.kept), None]
             self._cu_cache.append((cu, entry))

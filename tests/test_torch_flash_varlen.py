@@ -161,3 +161,50 @@ def test_host_layout_call_on_the_varlen_path(reference_kernel, name):
                 plain = run_tower(tower, inp).pooler_output
                 hosted = tower(*args, **dict(kwargs)).pooler_output
         torch.testing.assert_close(hosted, plain, rtol=0, atol=0)
+
+
+def _masked_kernel(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None):
+    """``varlen_attn`` as one masked sdpa call: like the CUDA kernel, it reads nothing back to the
+    host (the segments are told apart on the device)."""
+    seg_q = torch.searchsorted(cu_q[1:], torch.arange(q.shape[0]), right=True)
+    seg_k = torch.searchsorted(cu_k[1:], torch.arange(k.shape[0]), right=True)
+    mask = seg_q[:, None] == seg_k[None, :]
+    return F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), attn_mask=mask,
+                                          scale=scale).transpose(0, 1)
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+def test_the_varlen_tower_reads_the_device_per_call_not_per_block(reference_kernel, monkeypatch, name):
+    """On a GPU every value the host reads back waits for the device. transformers' sdpa path
+    reads the segment lengths three times in every block (a split of q, k and v); on the varlen
+    path the reads are per call, so they do not grow with depth. Under IPCV with kept counts the
+    host knows (one image, a video under the per-frame budget) the varlen tower adds one read:
+    grid_thw, at the start, as on sdpa (tests/test_vision_ipcv.py)."""
+    from torch import nn
+
+    from tests.test_vision_ipcv import _host_reads
+
+    monkeypatch.setattr(attention, "_kernel", lambda: _masked_kernel)
+    reads = {}
+    for attn in ("sdpa", attention.NAME):
+        for depth in ("full", "half"):
+            model = _tower(name, attn)
+            tower = tower_of(model)
+            if depth == "half":
+                tower.blocks = nn.ModuleList(list(tower.blocks)[: len(tower.blocks) // 2])
+            for grid in ([(1, 8, 8)], [(4, 8, 8)]):
+                inp = random_patches(grid, seed=2)
+                reads[attn, depth, grid[0][0], None] = _host_reads(tower, inp, monkeypatch)
+                for budget in ("global", "per_image"):
+                    cfg = ipcv.IPCVConfig(as_layers=2, as_queries="kept", budget=budget)
+                    with ipcv.apply(tower, vision=cfg):
+                        reads[attn, depth, grid[0][0], budget] = _host_reads(tower, inp, monkeypatch)
+    removed_blocks = len(tower_of(_tower(name, "sdpa")).blocks) - len(tower.blocks)
+    for frames in (1, 4):
+        sdpa = len(reads["sdpa", "full", frames, None]) - len(reads["sdpa", "half", frames, None])
+        assert sdpa == 3 * removed_blocks  # three reads in every block
+        varlen_full, varlen_half = (reads[attention.NAME, depth, frames, None] for depth in ("full", "half"))
+        assert varlen_full == varlen_half  # none in the blocks
+        per_frame = reads[attention.NAME, "full", frames, "per_image"]
+        assert per_frame == sorted(varlen_full + ["tolist"])
+    assert reads[attention.NAME, "full", 1, "global"] == sorted(reads[attention.NAME, "full", 1, None] + ["tolist"])

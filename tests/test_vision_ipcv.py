@@ -343,3 +343,19 @@ def test_a_video_under_the_global_budget_reads_the_kept_layout_once(monkeypatch)
         assert sum(handle.vision_stats.tokens_kept) == 22  # floor(64 * 0.35)
     assert sorted(set(patched) - set(unpatched)) == ["aten.unique_consecutive"]
     assert len(patched) - len(unpatched) == 3  # grid_thw, unique_consecutive, and one tolist
+
+
+def test_kept_boundaries_of_frames_from_the_host_or_the_device():
+    """With kept counts per frame known, the kept tokens' boundaries are stated on the host for a
+    ``cu`` the host holds, and counted on the kept tokens' device for a ``cu`` there (a CUDA graph
+    cannot capture a copy from the host): the same boundaries either way, and the longest segment
+    known without reading the device."""
+    from ipcv.vision import _PrunePlan
+
+    kept = torch.tensor([0, 2, 3, 5, 9, 10, 11])  # three frames of 4 tokens keep 3, 1 and 3
+    plan = _PrunePlan(kept, torch.tensor([1, 4, 6, 7, 8]), None, kept_per_frame=[3, 1, 3], frame_sizes=[4, 4, 4])
+    cu = torch.tensor([0, 4, 8, 12], dtype=torch.int32)
+    on_device, longest = plan.kept_cu(cu, need_longest=True)
+    on_host, _ = plan.kept_cu(cu.to("meta"), need_longest=False)  # a cu the kept tokens' device does not hold
+    assert on_device.tolist() == on_host.tolist() == [0, 3, 4, 7] and longest == 3
+    assert on_device.dtype == on_host.dtype == torch.int32 and on_device.device == kept.device
