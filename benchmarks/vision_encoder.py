@@ -34,7 +34,7 @@ baseline.
 ``--cuda-graph`` (CUDA only) also times both towers captured as CUDA graphs (``ipcv.cuda_graph``),
 each called with its layout computed on the host (the same call for both), and checks that a
 replay gives the eager call's output; a layout IPCV cannot capture (a video under the global
-budget) is recorded as such. Graphed figures are compared only with each other.
+budget on sdpa or eager) is recorded as such. Graphed figures are compared only with each other.
 
     python benchmarks/vision_encoder.py --device cuda --dtype bfloat16 --attn sdpa --resolutions 448,896,1344 \
         --videos 16x448 --as-queries all,kept --cuda-graph

@@ -13,8 +13,10 @@ That is right for one input layout (same image sizes, same ratio) and wrong for 
 call reads and replay. A call that reads a device value on the host cannot be captured (the
 capture fails at that read): call the tower with its layout values computed on the host
 (``pipeline.models`` family adapters: ``host_layout_call``). IPCV's path reads nothing back when
-the host knows the kept counts (one image, or the per-image budget); a video under the global
-budget, or Qwen2.5-VL's windows, take kept counts per segment from the device and are refused.
+the host knows the kept counts (one image, or the per-image budget), or on a varlen (flash)
+attention, which takes the kept boundaries on the device; on sdpa / eager a video under the global
+budget, or Qwen2.5-VL's windows, take kept counts per segment from the device (transformers'
+per-segment loop reads them) and are refused.
 
 Compare a graphed IPCV tower only with the unpatched tower graphed the same way: a speed-up
 between a graphed and an eager call is a property of the replay, not of IPCV.
@@ -55,7 +57,7 @@ class GraphedCall:
                 raise RuntimeError(
                     "this call cannot be captured as a CUDA graph: it reads a device value on the host "
                     "(e.g. segment lengths or kept counts); call the tower with its layout computed on the "
-                    "host, and IPCV with one image per call or budget='per_image' "
+                    "host, and IPCV with one image per call, budget='per_image' or a varlen attention "
                     f"(torch said: {str(err).splitlines()[0][:200]})"
                 ) from err
             raise

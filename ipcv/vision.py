@@ -24,6 +24,7 @@ A forward hook (always called, also on an exception) publishes the statistics an
 
 from __future__ import annotations
 
+import functools
 import itertools
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -52,7 +53,7 @@ class _PrunePlan:
     reconstruct: alg.Reconstruction
     kept_per_frame: list[int] | None = None
     frame_sizes: list[int] | None = None
-    _cu_cache: list[tuple[torch.Tensor, list]] = field(default_factory=list)
+    _cu_cache: list[tuple[torch.Tensor, tuple[torch.Tensor, int | None]]] = field(default_factory=list)
     _rope_cache: list[tuple[Any, Any]] = field(default_factory=list)
     _lengths_cache: list[tuple[torch.Tensor, tuple[list[int], list[int]]]] = field(default_factory=list)
 
@@ -62,17 +63,20 @@ class _PrunePlan:
     def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
         return self.reconstruct.full(kept_states, self.kept, self.removed)
 
-    def kept_cu(self, cu: torch.Tensor, need_longest: bool) -> tuple[torch.Tensor, int | None]:
-        """Kept-token boundaries for the tower's ``cu`` and their longest segment (once per ``cu``).
+    def kept_cu(self, cu: torch.Tensor, bound: int | None) -> tuple[torch.Tensor, int | None]:
+        """Kept-token boundaries for the tower's ``cu`` and, for a varlen kernel, their longest
+        segment (once per ``cu``). ``bound``: the longest segment of ``cu`` the tower hands its
+        varlen (flash) kernel, ``None`` on a kernel called per segment (sdpa, eager).
 
         A ``cu`` with one boundary per frame holds the frames' boundaries (a Qwen2.5-VL window
         ``cu`` with one window per frame has the same ones), so with kept counts per frame known
         (every frame keeps at least one token) they are the kept tokens before each boundary: the
         host states them for a ``cu`` it holds (the tower called with its layout on the host), the
         kept tokens' device counts them for a ``cu`` there (no copy from the host, which a CUDA
-        graph could not capture), and the longest is known.
-        Otherwise they are computed on the device, empty segments dropped, and the host waits for
-        them once."""
+        graph could not capture), and the longest is known. Otherwise the device counts them: for
+        a varlen kernel with empty segments left in (it skips them) and the longest bounded by
+        ``bound`` and the kept count, so the host reads nothing; for a kernel called per segment
+        with empty segments dropped, which the host waits for once."""
         entry = next((e for source, e in self._cu_cache if source is cu), None)
         if entry is None:
             if self.kept_per_frame is not None and cu.shape[0] == len(self.kept_per_frame) + 1:
@@ -80,14 +84,14 @@ class _PrunePlan:
                     bounds = torch.tensor([0, *itertools.accumulate(self.kept_per_frame)], dtype=cu.dtype)
                 else:
                     bounds = torch.searchsorted(self.kept, cu.to(self.kept.dtype)).to(cu.dtype)
-                entry = [bounds, max(self.kept_per_frame)]
+                entry = (bounds, max(self.kept_per_frame))
+            elif bound is not None:
+                bounds = torch.searchsorted(self.kept, cu.to(self.kept.device, self.kept.dtype)).to(cu.dtype)
+                entry = (bounds, min(int(bound), int(self.kept.shape[0])))
             else:
-                entry = [alg.subset_cu_seqlens(cu.to(self.kept.device), self.kept), None]
+                entry = (alg.subset_cu_seqlens(cu.to(self.kept.device), self.kept), None)
             self._cu_cache.append((cu, entry))
-        if need_longest and entry[1] is None:
-            kept_cu = entry[0]
-            entry[1] = int((kept_cu[1:] - kept_cu[:-1]).max()) if kept_cu.numel() > 1 else 0
-        return entry[0], entry[1]
+        return entry
 
     def kept_rope(self, rope: Any) -> Any:
         for source, result in self._rope_cache:
@@ -125,18 +129,19 @@ class _PrunePlan:
     def kept_queries(self, kwargs: dict[str, Any]) -> KeptQueries:
         """The kept tokens as the queries of an Attention-Stabilization block called with the
         tower's full-sequence ``kwargs``."""
-        cu = kwargs["cu_seqlens"]
-        lengths, key_lengths = self.segment_lengths(cu)
+        cu, bound = kwargs["cu_seqlens"], kwargs.get("max_seqlen")
+        boundaries, longest = self.kept_cu(cu, bound)
         rope = next((kwargs[n] for n in ("position_embeddings", "rotary_pos_emb") if kwargs.get(n) is not None), None)
-        return KeptQueries(self.kept, lengths, key_lengths, None if rope is None else self.kept_rope(rope),
-                           boundaries=self.kept_cu(cu, need_longest=False)[0])
+        return KeptQueries(self.kept, functools.partial(self.segment_lengths, cu),
+                           None if rope is None else self.kept_rope(rope), boundaries=boundaries,
+                           longest=None if bound is None else (longest, int(bound)))
 
     def kept_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The tower's keyword arguments for a block, restated for the kept tokens."""
         out = dict(kwargs)
-        need_longest = out.get("max_seqlen") is not None
-        out["cu_seqlens"], longest = self.kept_cu(kwargs["cu_seqlens"], need_longest)
-        if need_longest:
+        bound = kwargs.get("max_seqlen")
+        out["cu_seqlens"], longest = self.kept_cu(kwargs["cu_seqlens"], bound)
+        if bound is not None:
             out["max_seqlen"] = longest
         for name in ("position_embeddings", "rotary_pos_emb"):
             if out.get(name) is not None:
@@ -172,7 +177,11 @@ class _ForwardState:
         self.pending_kept: torch.Tensor | None = None  # kept per frame, on the device
 
     def finish(self) -> None:
-        """Read what stayed on the device, once, after the tower's last kernel was queued."""
+        """Read what stayed on the device, once, after the tower's last kernel was queued (not
+        while a CUDA graph is captured: a read would end the capture, so the kept counts per
+        frame of that call stay unknown)."""
+        if self.pending_kept is not None and self.pending_kept.is_cuda and torch.cuda.is_current_stream_capturing():
+            self.pending_kept = None
         if self.pending_kept is not None:
             self.stats.tokens_kept = self.pending_kept.tolist()
             self.pending_kept = None
@@ -356,5 +365,9 @@ class VisionPatch(PatchBase):
 
 
 def _bounds(sizes: list[int], device: torch.device) -> torch.Tensor:
-    """Cumulative boundaries ``[0, s0, s0 + s1, ...]`` of host sizes, on the device."""
+    """Cumulative boundaries ``[0, s0, s0 + s1, ...]`` of host sizes, on the device: made there for
+    equal sizes (a video's frames; nothing copied from the host, which a CUDA graph could not
+    capture), else copied."""
+    if len(set(sizes)) == 1:
+        return torch.arange(0, sizes[0] * len(sizes) + 1, sizes[0], dtype=torch.long, device=device)
     return alg.to_device(torch.tensor([0, *itertools.accumulate(sizes)], dtype=torch.long), device)

@@ -56,7 +56,7 @@ class _TilePlan:
 
     def kept_queries(self, kwargs: dict[str, Any]) -> KeptQueries:
         tiles, kept = (int(d) for d in self.kept.shape)
-        return KeptQueries(self.kept, [kept] * tiles, [self.length] * tiles)
+        return KeptQueries(self.kept, lambda: ([kept] * tiles, [self.length] * tiles))
 
     def rebuild(self, kept_states: torch.Tensor) -> torch.Tensor:
         tiles, _, width = kept_states.shape

@@ -26,8 +26,9 @@ def varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None):
     assert q.dim() == 3 and k.shape[1:] == q.shape[1:] and cu_q.dtype == cu_k.dtype == torch.int32
     q_len, k_len = (cu_q[1:] - cu_q[:-1]).tolist(), (cu_k[1:] - cu_k[:-1]).tolist()
     assert sum(q_len) == q.shape[0] and sum(k_len) == k.shape[0]
-    assert max_q == max(q_len) and max_k == max(k_len)
-    CALLS.append({"q": q_len, "k": k_len, **extra})
+    # the longest segments size the kernel's grid: a bound at least as long is what it needs
+    assert max(q_len) <= max_q <= q.shape[0] and max(k_len) <= max_k <= k.shape[0]
+    CALLS.append({"q": q_len, "k": k_len, "max": (max_q, max_k), **extra})
     out = [F.scaled_dot_product_attention(a.transpose(0, 1), b.transpose(0, 1), c.transpose(0, 1), **extra).transpose(0, 1)
            for a, b, c in zip(q.split(q_len), k.split(k_len), v.split(k_len)) if a.shape[0]]
     return torch.cat(out)
@@ -98,7 +99,7 @@ def test_boundaries_without_their_longest_segment(reference_kernel):
     q, k = torch.randn(1, 2, 7, 8), torch.randn(1, 2, 9, 8)
     cu_q, cu_k = torch.tensor([0, 2, 7], dtype=torch.int32), torch.tensor([0, 6, 9], dtype=torch.int32)
     out, _ = attention.torch_flash_varlen(None, q, k, k, None, cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k)
-    assert CALLS[-1]["q"] == [2, 5] and CALLS[-1]["k"] == [6, 3]  # the reference checks max_q = 5, max_k = 6
+    assert CALLS[-1]["q"] == [2, 5] and CALLS[-1]["k"] == [6, 3] and CALLS[-1]["max"] == (5, 6)
     expected = torch.cat([F.scaled_dot_product_attention(q[:, :, :2], k[:, :, :6], k[:, :, :6]),
                           F.scaled_dot_product_attention(q[:, :, 2:], k[:, :, 6:], k[:, :, 6:])], dim=2)
     torch.testing.assert_close(out, expected.transpose(1, 2))
@@ -179,7 +180,9 @@ def test_the_varlen_tower_reads_the_device_per_call_not_per_block(reference_kern
     reads the segment lengths three times in every block (a split of q, k and v); on the varlen
     path the reads are per call, so they do not grow with depth. Under IPCV with kept counts the
     host knows (one image, a video under the per-frame budget) the varlen tower adds one read:
-    grid_thw, at the start, as on sdpa (tests/test_vision_ipcv.py)."""
+    grid_thw, at the start, as on sdpa (tests/test_vision_ipcv.py). A video under the global
+    budget adds one more, the kept counts per frame for the statistics once the last kernel is
+    queued (on sdpa it also reads the kept boundaries: the per-segment loop needs them)."""
     from torch import nn
 
     from tests.test_vision_ipcv import _host_reads
@@ -207,4 +210,24 @@ def test_the_varlen_tower_reads_the_device_per_call_not_per_block(reference_kern
         assert varlen_full == varlen_half  # none in the blocks
         per_frame = reads[attention.NAME, "full", frames, "per_image"]
         assert per_frame == sorted(varlen_full + ["tolist"])
-    assert reads[attention.NAME, "full", 1, "global"] == sorted(reads[attention.NAME, "full", 1, None] + ["tolist"])
+        shared = reads[attention.NAME, "full", frames, "global"]
+        assert shared == sorted(varlen_full + ["tolist"] * (1 if frames == 1 else 2))
+
+
+@pytest.mark.parametrize("name", ["tiny-qwen2-vl", "tiny-qwen2.5-vl"])
+@pytest.mark.parametrize("queries", ["all", "kept"])
+def test_frames_that_keep_nothing_on_the_varlen_path(reference_kernel, name, queries):
+    """Under the global budget a frame may keep no token: on the varlen path its segment stays in
+    the boundaries, empty (the kernel skips it); on sdpa it is dropped. Same features."""
+    inp = random_patches([(8, 2, 2), (1, 4, 4)], seed=9)
+    cfg = ipcv.IPCVConfig(prune_layer=2, as_layers=2, reduction_ratio=0.9, selection="random", seed=3,
+                          as_queries=queries)
+    outs, kept = {}, {}
+    for attn in ("sdpa", attention.NAME):
+        model = _tower(name, attn)
+        with ipcv.apply(model, vision=cfg) as handle:
+            outs[attn] = run_tower(tower_of(model), inp).pooler_output
+            kept[attn] = handle.vision_stats.tokens_kept
+    assert kept["sdpa"] == kept[attention.NAME] and 0 in kept["sdpa"]
+    assert any(0 in c["q"] for c in CALLS)  # an empty segment reached the kernel
+    torch.testing.assert_close(outs[attention.NAME], outs["sdpa"], rtol=1e-5, atol=1e-5)

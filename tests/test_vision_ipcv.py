@@ -355,7 +355,24 @@ def test_kept_boundaries_of_frames_from_the_host_or_the_device():
     kept = torch.tensor([0, 2, 3, 5, 9, 10, 11])  # three frames of 4 tokens keep 3, 1 and 3
     plan = _PrunePlan(kept, torch.tensor([1, 4, 6, 7, 8]), None, kept_per_frame=[3, 1, 3], frame_sizes=[4, 4, 4])
     cu = torch.tensor([0, 4, 8, 12], dtype=torch.int32)
-    on_device, longest = plan.kept_cu(cu, need_longest=True)
-    on_host, _ = plan.kept_cu(cu.to("meta"), need_longest=False)  # a cu the kept tokens' device does not hold
+    on_device, longest = plan.kept_cu(cu, None)
+    on_host, _ = plan.kept_cu(cu.to("meta"), None)  # a cu the kept tokens' device does not hold
     assert on_device.tolist() == on_host.tolist() == [0, 3, 4, 7] and longest == 3
     assert on_device.dtype == on_host.dtype == torch.int32 and on_device.device == kept.device
+
+
+def test_kept_boundaries_for_a_varlen_kernel_read_nothing_back():
+    """Kept counts on the device (frames sharing the global budget; here the second frame keeps
+    none): for a kernel called per segment the empty segment is dropped and the host reads the
+    boundaries; for a varlen kernel it stays (the kernel skips it), and the longest segment is
+    bounded by the tower's own longest and the kept count instead of read."""
+    from ipcv.vision import _PrunePlan
+
+    kept = torch.tensor([0, 2, 3, 9, 10])
+    cu = torch.tensor([0, 4, 8, 12], dtype=torch.int32)
+    for bound, expected, longest in ((None, [0, 3, 5], None), (4, [0, 3, 3, 5], 4), (8, [0, 3, 3, 5], 5)):
+        plan = _PrunePlan(kept, torch.tensor([1, 4, 5, 6, 7, 8, 11]), None, frame_sizes=[4, 4, 4])
+        with _HostReads() as mode:
+            bounds, found = plan.kept_cu(cu, bound)
+        assert bounds.tolist() == expected and found == longest and bounds.dtype == torch.int32
+        assert bool(mode.reads) == (bound is None)  # unique_consecutive, for the per-segment kernel only

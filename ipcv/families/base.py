@@ -10,7 +10,9 @@ family's block layout. A new family is one subclass in this folder plus its entr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import torch
@@ -34,16 +36,32 @@ class KeptQueries:
     """The queries an Attention-Stabilization block computes when ``as_queries="kept"``: the kept
     tokens' positions in the rebuilt sequence, and per attention segment of the call (image, frame,
     window or tile, in order) how many kept queries and how many keys it holds (host integers,
-    zeros included, so the two lists pair up). ``position_embeddings``: the kept rows of the
-    tower's rotary tables (packed layout; ``None`` for tiles, which take no positions).
-    ``boundaries``: the kept queries' segment boundaries on the tower's device (packed layout),
-    for a varlen (flash) kernel that takes every segment in one call."""
+    zeros included, so the two lists pair up). ``segments`` returns those two lists; it is called
+    once, when they are first wanted: a varlen (flash) kernel needs only ``boundaries`` and
+    ``longest``, so where the kept counts per segment are the device's the host need not wait for
+    them. ``position_embeddings``: the kept rows of the tower's rotary tables (packed layout;
+    ``None`` for tiles, which take no positions). ``boundaries``: the kept queries' segment
+    boundaries on the tower's device (packed layout). ``longest``: the longest segment of the kept
+    queries and of the keys for a varlen kernel, known on the host (the queries' an upper bound
+    where their counts are the device's)."""
 
     index: torch.Tensor
-    lengths: list[int]
-    key_lengths: list[int]
+    segments: Callable[[], tuple[list[int], list[int]]]
     position_embeddings: Any = None
     boundaries: torch.Tensor | None = None
+    longest: tuple[int, int] | None = None
+
+    @cached_property
+    def _segments(self) -> tuple[list[int], list[int]]:
+        return self.segments()
+
+    @property
+    def lengths(self) -> list[int]:
+        return self._segments[0]
+
+    @property
+    def key_lengths(self) -> list[int]:
+        return self._segments[1]
 
 
 @dataclass(frozen=True)

@@ -121,10 +121,9 @@ def _kept_query_attention(attention: nn.Module, x: torch.Tensor, queries: KeptQu
     kernel = attention_function(attention)
     common = {"attention_mask": None, "scaling": attention.scaling, "dropout": 0.0, "is_causal": False}
     if is_flash_attention_requested(attention.config) and queries.boundaries is not None:
-        max_k = kwargs.get("max_seqlen")
+        max_q, max_k = queries.longest or (max(queries.lengths), max(queries.key_lengths))
         out, _ = kernel(attention, q, k, v, cu_seq_lens_q=queries.boundaries, cu_seq_lens_k=kwargs["cu_seqlens"],
-                        max_length_q=max(queries.lengths),
-                        max_length_k=max(queries.key_lengths) if max_k is None else max_k, **common)
+                        max_length_q=max_q, max_length_k=max_k, **common)
         return attention.proj(out.reshape(q.shape[2], -1).contiguous())
     outputs, q_at, k_at = [], 0, 0
     for q_len, k_len in zip(queries.lengths, queries.key_lengths):
