@@ -76,7 +76,7 @@ JSON_OUT = typer.Option(None, "--json", help="Also write the result as JSON here
 LLM_CHOICES = ("none", *LLM_METHODS)
 # enumerated options: typer shows a Literal's values in --help and refuses anything else
 Dtype = Literal["float32", "bfloat16", "float16"]  # pipeline.models.DTYPES (tests/test_cli.py checks)
-Attention = Literal["eager", "sdpa", "flash_attention_2"]
+Attention = Literal["eager", "sdpa", "flash_attention_2", "torch_flash_varlen"]  # attention.IMPLEMENTATIONS (checked)
 LLMChoice = Literal[LLM_CHOICES]
 WandbMode = Literal["offline", "online", "disabled"]
 Executor = Literal["ray", "local"]  # pipeline.sweep.driver.EXECUTORS (tests/test_cli.py checks)

@@ -82,15 +82,16 @@ def test_profile_reference_is_up_to_date():
 
 def test_enumerated_options_list_their_choices():
     from pipeline.gate import COSTS
-    from pipeline.models import DTYPES
+    from pipeline.models import DTYPES, attention
     from pipeline.sweep.driver import EXECUTORS
 
     assert get_args(cli.Dtype) == tuple(DTYPES) and get_args(cli.Executor) == EXECUTORS
+    assert get_args(cli.Attention) == attention.IMPLEMENTATIONS
     assert [c.value for c in cli.Cost] == list(cli.columns.COSTS)
     result = CliRunner().invoke(cli.app, ["check", "--help"], env={"COLUMNS": "200"})
     assert "instructions|time" in result.output and set(COSTS) == {"instructions", "time"}
     result = CliRunner().invoke(cli.app, ["profile", "--help"], env={"COLUMNS": "200"})
-    for choices in ("global|per_image", "float32|bfloat16|float16", "eager|sdpa|flash_attention_2", "none|dart|fastv"):
+    for choices in ("global|per_image", "float32|bfloat16|float16", "eager|sdpa|flash_attention_2|torch_flash_varlen", "none|dart|fastv"):
         assert choices in result.output, choices
     result = CliRunner().invoke(cli.app, ["demo", "--dtype", "float8"])
     assert result.exit_code == 2 and "float8" in result.output

@@ -231,3 +231,31 @@ def test_frames_that_keep_nothing_on_the_varlen_path(reference_kernel, name, que
     assert kept["sdpa"] == kept[attention.NAME] and 0 in kept["sdpa"]
     assert any(0 in c["q"] for c in CALLS)  # an empty segment reached the kernel
     torch.testing.assert_close(outs[attention.NAME], outs["sdpa"], rtol=1e-5, atol=1e-5)
+
+
+def test_a_profile_loads_the_tower_on_varlen_and_the_language_model_on_sdpa(monkeypatch):
+    """``attn_implementation: torch_flash_varlen`` in a profile or ``load_model``: the tower on
+    the varlen kernel, the language model on sdpa; refused before loading where the kernel cannot
+    run (a CPU, float32) and for a tower that does not pack its inputs (InternViT's tiles)."""
+    from pydantic import ValidationError
+
+    from pipeline.models import load_model
+    from pipeline.sweep.spec import ModelSpec
+
+    with pytest.raises(ValueError, match="CUDA only"):
+        load_model("tiny-qwen2-vl", dtype="bfloat16", attn_implementation=attention.NAME, device="cpu")
+    with pytest.raises(ValueError, match="bfloat16 / float16"):
+        load_model("tiny-qwen2-vl", dtype="float32", attn_implementation=attention.NAME, device="cuda")
+    assert ModelSpec(name="tiny-qwen2-vl", attn_implementation=attention.NAME, gpus=1).dtype == "bfloat16"
+    with pytest.raises(ValidationError, match="CUDA only"):
+        ModelSpec(name="tiny-qwen2-vl", attn_implementation=attention.NAME)
+    with pytest.raises(ValidationError, match="bfloat16 / float16"):
+        ModelSpec(name="tiny-qwen2-vl", attn_implementation=attention.NAME, dtype="float32", gpus=1)
+
+    monkeypatch.setattr(attention, "check_setting", lambda dtype, device: None)  # the CPU stands in for CUDA
+    model = load_model("tiny-qwen2.5-vl", dtype="bfloat16", attn_implementation=attention.NAME, device="cpu")
+    assert {sub.config._attn_implementation for sub in tower_of(model).modules() if hasattr(sub, "config")} == {
+        attention.NAME}
+    assert model.model.language_model.config._attn_implementation == "sdpa"
+    with pytest.raises(ValueError, match="takes its tiles as a batch"):
+        load_model("tiny-internvl3", dtype="bfloat16", attn_implementation=attention.NAME, device="cpu")

@@ -43,7 +43,8 @@ _ELEMENTWISE = {
     "aten::numpy_T", "aten::t", "aten::transpose", "aten::permute", "aten::contiguous",
     "aten::index_copy_", "aten::index_fill_", "aten::index_select", "aten::diff",
 }
-_VARLEN = {"flash_attn::_flash_attn_varlen_forward", "flash_attn::flash_attn_varlen_func"}
+_VARLEN = {"flash_attn::_flash_attn_varlen_forward", "flash_attn::flash_attn_varlen_func",
+           "torch_attn::_varlen_attn"}  # the last: PyTorch's varlen_attn (torch_flash_varlen)
 
 
 def _shape(value: Any) -> list[int] | None:

@@ -14,6 +14,8 @@ It is an attention for vision towers only (bidirectional, no mask, no dropout: i
 CUDA kernel in half precision; anything else is refused with the reason, never run another way
 under its name. ``use_torch_flash_varlen(module)`` sets it: transformers' own
 ``set_attn_implementation`` takes every name with "flash" in it for a hub kernel to download.
+``load_model(..., attn_implementation="torch_flash_varlen")`` (a profile's ``attn_implementation``)
+loads the model on sdpa and sets it on the vision tower: the language model stays on sdpa.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ import torch
 from torch import nn
 
 NAME = "torch_flash_varlen"
+# the attention implementations a model of the study is loaded with (profiles, CLI, load_model)
+IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", NAME)
 # What varlen_attn has a kernel for (tests add the CPU and float32 with a reference in its place).
 KERNEL_DEVICES = ("cuda",)
 KERNEL_DTYPES = (torch.float16, torch.bfloat16)
@@ -119,3 +123,26 @@ def use_torch_flash_varlen(module: nn.Module) -> nn.Module:
         if isinstance(config, PreTrainedConfig):
             config._attn_implementation = NAME
     return module
+
+
+def check_setting(dtype: str, device: str) -> None:
+    """Refuse, before anything is loaded, a setting the kernel cannot run."""
+    if dtype not in ("bfloat16", "float16"):
+        raise ValueError(f"attn_implementation {NAME} runs PyTorch's flash kernel, which takes bfloat16 / float16; "
+                         f"got dtype {dtype}")
+    if not device.startswith("cuda"):
+        raise ValueError(f"attn_implementation {NAME} runs PyTorch's flash kernel, which is CUDA only; got device "
+                         f"{device}")
+
+
+def on_vision_tower(model: nn.Module) -> nn.Module:
+    """``model`` (loaded on sdpa) with its vision tower on ``torch_flash_varlen``; a family whose
+    tower does not pack its inputs with ``cu_seqlens`` (InternViT's tiles) is refused."""
+    from pipeline.models.registry import family_of
+
+    family = family_of(model)
+    if not family.varlen_vision:
+        raise ValueError(f"attn_implementation {NAME} is for vision towers that pack their images into one sequence "
+                         f"(Qwen-VL); {family.label}'s tower takes its tiles as a batch: use sdpa")
+    use_torch_flash_varlen(family.tower(model))
+    return model

@@ -97,6 +97,9 @@ class ModelFamily:
     model_types: tuple[str, ...] = ()  # ``model_type`` in a checkpoint's config.json
     name_hints: tuple[str, ...] = ()  # lower-case fragments that name the family in a hub id or path
     presets: dict[str, str] = {}  # preset name -> architecture size (random weights, built locally)
+    # the tower packs its images / frames into one sequence with cu_seqlens, so transformers' varlen
+    # (flash) path applies to it (pipeline/models/attention.py: torch_flash_varlen)
+    varlen_vision: bool = False
 
     @property
     def label(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from pipeline.models import attention
 from pipeline.models.family import ModelFamily
 from pipeline.models.registry import FAMILIES
 
@@ -116,6 +117,10 @@ def load_model(
     "text": {...}}`` settings, e.g. a reduced depth); else a real checkpoint from a local path or
     hub id. ``gpus > 1`` on CUDA spreads the model over the first ``gpus`` visible GPUs
     (``pipeline/models/sharding.py``)."""
+    if attn_implementation == attention.NAME:  # the tower on PyTorch's varlen kernel, the rest on sdpa
+        attention.check_setting(dtype, device)
+        model = load_model(name_or_path, dtype, "sdpa", device, seed, weights, overrides, gpus)
+        return attention.on_vision_tower(model)
     if name_or_path in PRESETS:
         check_device(device)
         return build_tiny(name_or_path, seed=seed, dtype=dtype, attn_implementation=attn_implementation).to(device)

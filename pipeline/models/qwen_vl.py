@@ -222,6 +222,7 @@ class QwenVL(ModelFamily):
     vision MLP)."""
 
     requirements = REQUIREMENTS
+    varlen_vision = True
 
     def __init__(self, key: str, method: QwenVLFamily, classes: tuple[str, str, str], sizes: dict[str, dict[str, Any]],
                  dims: Callable[[Any], VisionDims], name_hints: tuple[str, ...], presets: dict[str, str]) -> None:

@@ -26,7 +26,7 @@ from pydantic import (
 
 from pipeline import methods
 from pipeline.evaluation.tasks import TASKS
-from pipeline.models import DTYPES, Requirements, requirements_for, supported_requirements
+from pipeline.models import DTYPES, Requirements, attention, requirements_for, supported_requirements
 
 
 class _Strict(BaseModel):
@@ -41,8 +41,10 @@ class ModelSpec(_Strict):
     name: str = Field(description="a tiny preset (tiny-qwen2-vl, ...), a hub id or a local checkpoint folder")
     dtype: Literal[tuple(DTYPES)] = Field("bfloat16", description="weights and activations dtype (on a CPU, "
                                                                    "float32 is the one that is fast)")
-    attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] = Field(
-        "sdpa", description="the model's attention implementation (flash_attention_2 needs a GPU and flash-attn)")
+    attn_implementation: Literal[attention.IMPLEMENTATIONS] = Field(
+        "sdpa", description="the model's attention implementation (flash_attention_2 needs a GPU and flash-attn; "
+                            "torch_flash_varlen: PyTorch's varlen flash kernel for a Qwen-VL vision tower, the "
+                            "language model on sdpa; a GPU, bfloat16 or float16)")
     gpus: float = Field(0.0, ge=0, description="GPUs per worker (0: CPU; a fraction shares a GPU; a whole number "
                                                 "N > 1 spreads the model's layers over N GPUs, docs/sweep.md)")
     batch: int = Field(1, ge=1, le=1, description="prompts per request (only 1 is measured so far)")
@@ -72,6 +74,8 @@ class ModelSpec(_Strict):
             architecture_for(self.name)  # raises, listing the architectures there are
         if self.overrides and (self.weights != "random" or is_preset(self.name)):
             raise ValueError("overrides apply to random-weight architectures only (weights: random with a hub id)")
+        if self.attn_implementation == attention.NAME:
+            attention.check_setting(self.dtype, "cuda" if self.gpus > 0 else "cpu")
         return self
 
 
