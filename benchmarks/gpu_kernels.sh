@@ -18,7 +18,8 @@
 #   4. the same inputs on torch_flash_varlen (one kernel call per block and no read of the segment
 #      lengths in every block, where sdpa has transformers' loop over the segments and three
 #      reads), both towers alike, without and with the two fused kernels.
-# Everything lands in $OUT: log.txt, raw.txt (with the JSON rows) and each step's .json/.md; the
+# Everything lands in $OUT: log.txt, raw.txt (with the JSON rows), each step's .json/.md and
+# speed_goals.md (issue 17's figures and each kernel choice's verdict from steps 3 and 4); the
 # script exits non-zero when a step failed or was cut short.
 #
 #   DRY=1 bash benchmarks/gpu_kernels.sh   # the same steps on this machine's CPU, small sizes
@@ -69,6 +70,10 @@ step() {  # name, time limit (s), command...: its exit status noted, the next st
         --as-queries kept --attn sdpa --budget global,per_image "${tower[@]}" --out "$OUT/vision_kernels"
     step "4. the tower on the varlen path" 110 python benchmarks/vision_encoder.py --dtype bfloat16 \
         --as-queries kept --attn torch_flash_varlen --budget global,per_image "${varlen[@]}" --out "$OUT/vision_varlen"
+    echo "== issue 17's figures and the kernel choices' verdicts (benchmarks/speed_goals.py)"
+    found=()
+    for f in "$OUT/vision_kernels.json" "$OUT/vision_varlen.json"; do [ -f "$f" ] && found+=("$f"); done
+    [ "${#found[@]}" -gt 0 ] && python benchmarks/speed_goals.py "${found[@]}" | tee "$OUT/speed_goals.md"
     date -u
     exit $failed
 } 2>&1 | tee "$OUT/raw.txt" | grep --line-buffered -v '^{' | tee "$OUT/log.txt"
