@@ -12,6 +12,7 @@ Prints one line per check with PASS/FAIL and the figures behind it; exits non-ze
 from __future__ import annotations
 
 import contextlib
+import itertools
 import sys
 
 import common
@@ -216,6 +217,7 @@ def check_varlen(device: torch.device, size: str) -> None:
 
     from pipeline.models import attention
 
+    check_varlen_kernel(device)
     inp = random_patches([(8, 32, 32), (1, 32, 48)], seed=3)
     tower = common.build(size, "bfloat16", device, "sdpa", tower_only=True)
     settings = [None, *(ipcv.IPCVConfig(as_queries="kept", budget=b) for b in ("global", "per_image"))]
@@ -263,6 +265,43 @@ def check_varlen(device: torch.device, size: str) -> None:
                f"{cos['varlen'].min():.5f}/{cos['varlen'].mean():.6f}, sdpa {cos['sdpa'].min():.5f}/"
                f"{cos['sdpa'].mean():.6f}" + ("" if cfg is None else f"; kept-set overlap with sdpa {overlap:.4f}"))
     del tower
+
+
+def check_varlen_kernel(device: torch.device) -> None:
+    """``torch_flash_varlen`` on what IPCV hands it under the global budget: query segments that
+    are empty or shorter than their keys', and the longest segment given exactly or as an upper
+    bound, against float32 sdpa per segment. Also says which backend ``varlen_attn`` took (newer
+    PyTorch may route it to cuDNN, which these calls were not written against)."""
+    import inspect
+
+    from torch.nn.attention import varlen as varlen_module
+
+    from pipeline.models import attention
+
+    choose = getattr(varlen_module, "_should_use_cudnn", None)
+    try:
+        backend = "cuDNN" if choose is not None and choose(device.index or 0) else "flash"
+    except TypeError:
+        backend = f"chosen per call ({inspect.signature(choose)})"
+    print(f"INFO varlen_attn backend, torch {torch.__version__}: {backend}", flush=True)
+    g = torch.Generator(device=device).manual_seed(5)
+    q_lengths, k_lengths, heads, dim = [0, 300, 0, 517, 64], [128, 700, 32, 1024, 64], 16, 80
+    q, k, v = (torch.randn(1, heads, sum(n), dim, device=device, generator=g).to(torch.bfloat16)
+               for n in (q_lengths, k_lengths, k_lengths))
+    cu_q, cu_k = (torch.tensor([0, *itertools.accumulate(n)], device=device, dtype=torch.int32)
+                  for n in (q_lengths, k_lengths))
+    reference = torch.cat([torch.nn.functional.scaled_dot_product_attention(a.float(), b.float(), c.float())
+                           for a, b, c in zip(q.split(q_lengths, 2), k.split(k_lengths, 2), v.split(k_lengths, 2))
+                           if a.shape[2]], dim=2).transpose(1, 2)
+    outs = {}
+    for name, (max_q, max_k) in (("exact", (max(q_lengths), max(k_lengths))), ("bound", (sum(q_lengths), 1024))):
+        outs[name], _ = attention.torch_flash_varlen(None, q, k, v, None, scaling=dim**-0.5, cu_seq_lens_q=cu_q,
+                                                     cu_seq_lens_k=cu_k, max_length_q=max_q, max_length_k=max_k)
+    errors = {name: (out.float() - reference).abs().max().item() for name, out in outs.items()}
+    report("torch_flash_varlen kernel, empty and short query segments, exact and bounded longest",
+           max(errors.values()) < 2e-2 and all(torch.isfinite(o).all() for o in outs.values()),
+           f"max abs error to float32 sdpa: exact {errors['exact']:.2e}, bound {errors['bound']:.2e}; "
+           f"exact and bound bit-identical: {torch.equal(outs['exact'], outs['bound'])}")
 
 
 if __name__ == "__main__":

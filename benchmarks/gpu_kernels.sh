@@ -23,6 +23,8 @@
 # script exits non-zero when a step failed or was cut short.
 #
 #   DRY=1 bash benchmarks/gpu_kernels.sh   # the same steps on this machine's CPU, small sizes
+#   (step 4 there only shows that its arguments parse: the varlen kernel is CUDA only, so every
+#   row is an error row; tests/test_torch_flash_varlen.py checks the path with a reference kernel)
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_kernels}
 mkdir -p "$OUT"

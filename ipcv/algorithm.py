@@ -142,14 +142,25 @@ def random_scores(n_tokens: int, seed: int) -> torch.Tensor:
     return torch.rand(n_tokens, generator=generator)
 
 
+def capturing() -> bool:
+    """Whether a CUDA graph is being captured on this thread's current stream."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+
+
 def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     """A host tensor on ``device`` without waiting for the device.
 
     A plain ``.to("cuda")`` of a host tensor synchronises the stream (it copies from pageable
     memory); from pinned memory with ``non_blocking`` the copy is queued like any kernel, and the
-    caching host allocator keeps the pinned block alive until the copy has run."""
+    caching host allocator keeps the pinned block alive until the copy has run. A CUDA graph
+    would replay such a copy from a pinned block the allocator may since have handed out again,
+    so a copy is refused while a graph is captured (``ipcv.cuda_graph.GraphedCall`` says so)."""
     if device.type != "cuda":
         return host.to(device)
+    if capturing():
+        raise RuntimeError("IPCV would copy host values to the device during CUDA graph capture (random "
+                           "selection, images of different sizes or several requests in one call, a per-image "
+                           "neighbour scope); a replay could read a reused host buffer")
     return host.pin_memory().to(device, non_blocking=True)
 
 

@@ -16,7 +16,10 @@ capture fails at that read): call the tower with its layout values computed on t
 the host knows the kept counts (one image, or the per-image budget), or on a varlen (flash)
 attention, which takes the kept boundaries on the device; on sdpa / eager a video under the global
 budget, or Qwen2.5-VL's windows, take kept counts per segment from the device (transformers'
-per-segment loop reads them) and are refused.
+per-segment loop reads them) and are refused. So are calls for which IPCV would copy host values
+to the device (``ipcv.algorithm.to_device``: random selection, images of different sizes or
+several requests under the global budget, a per-image neighbour scope): a replay could read a
+pinned host buffer handed out again since. A captured call publishes no statistics.
 
 Compare a graphed IPCV tower only with the unpatched tower graphed the same way: a speed-up
 between a graphed and an eager call is a property of the replay, not of IPCV.
@@ -56,7 +59,8 @@ class GraphedCall:
             if "capturing" in str(err) or "capture" in str(err):
                 raise RuntimeError(
                     "this call cannot be captured as a CUDA graph: it reads a device value on the host "
-                    "(e.g. segment lengths or kept counts); call the tower with its layout computed on the "
+                    "(e.g. segment lengths or kept counts) or copies host values to the device; call the "
+                    "tower with its layout computed on the "
                     "host, and IPCV with one image per call, budget='per_image' or a varlen attention "
                     f"(torch said: {str(err).splitlines()[0][:200]})"
                 ) from err

@@ -27,7 +27,7 @@ from __future__ import annotations
 import functools
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -130,11 +130,13 @@ class _PrunePlan:
         """The kept tokens as the queries of an Attention-Stabilization block called with the
         tower's full-sequence ``kwargs``."""
         cu, bound = kwargs["cu_seqlens"], kwargs.get("max_seqlen")
-        boundaries, longest = self.kept_cu(cu, bound)
         rope = next((kwargs[n] for n in ("position_embeddings", "rotary_pos_emb") if kwargs.get(n) is not None), None)
-        return KeptQueries(self.kept, functools.partial(self.segment_lengths, cu),
-                           None if rope is None else self.kept_rope(rope), boundaries=boundaries,
-                           longest=None if bound is None else (longest, int(bound)))
+        queries = KeptQueries(self.kept, functools.partial(self.segment_lengths, cu),
+                              None if rope is None else self.kept_rope(rope))
+        if bound is None:  # a kernel called per segment: the host lengths are all it takes
+            return queries
+        boundaries, longest = self.kept_cu(cu, bound)  # a varlen kernel: boundaries on the device
+        return replace(queries, boundaries=boundaries, longest=(longest, int(bound)))
 
     def kept_call_kwargs(self, kwargs: dict[str, Any]) -> dict[str, Any]:
         """The tower's keyword arguments for a block, restated for the kept tokens."""
@@ -177,11 +179,7 @@ class _ForwardState:
         self.pending_kept: torch.Tensor | None = None  # kept per frame, on the device
 
     def finish(self) -> None:
-        """Read what stayed on the device, once, after the tower's last kernel was queued (not
-        while a CUDA graph is captured: a read would end the capture, so the kept counts per
-        frame of that call stay unknown)."""
-        if self.pending_kept is not None and self.pending_kept.is_cuda and torch.cuda.is_current_stream_capturing():
-            self.pending_kept = None
+        """Read what stayed on the device, once, after the tower's last kernel was queued."""
         if self.pending_kept is not None:
             self.stats.tokens_kept = self.pending_kept.tolist()
             self.pending_kept = None
@@ -290,6 +288,9 @@ class PatchBase:
     def _close(self, module: nn.Module, args: tuple, output: Any) -> None:
         state, self._state = self._state, None
         if state is None or output is None:  # the forward raised: publish nothing
+            return
+        if alg.capturing():  # a CUDA graph's capture: reading the device would end it; nothing is published
+            self.last_stats = None
             return
         state.finish()
         state.stats.overhead_ms = state.timer.result()

@@ -345,6 +345,44 @@ def test_a_video_under_the_global_budget_reads_the_kept_layout_once(monkeypatch)
     assert len(patched) - len(unpatched) == 3  # grid_thw, unique_consecutive, and one tolist
 
 
+def test_kept_queries_on_sdpa_do_not_read_the_kept_boundaries(monkeypatch):
+    """With ``as_queries="kept"`` on a kernel called per segment, an Attention-Stabilization block
+    needs the kept counts per segment on the host (one read), not the kept boundaries: when no
+    block runs on the kept tokens alone (K + A = depth), those are never computed or read."""
+    model = tiny("tiny-qwen2-vl", attn_implementation="sdpa")
+    tower = tower_of(model)
+    depth = len(tower.blocks)
+    inp = random_patches([(4, 4, 4)], seed=2)
+    for as_queries in ("all", "kept"):
+        cfg = ipcv.IPCVConfig(prune_layer=3, as_layers=depth - 3, as_queries=as_queries)
+        with ipcv.apply(model, vision=cfg) as handle:
+            reads = _host_reads(tower, inp, monkeypatch)
+            assert handle.vision_stats.pruned_blocks == []
+        assert "aten.unique_consecutive" not in reads
+
+
+def test_no_copy_from_the_host_for_a_video_and_none_while_a_graph_is_captured(monkeypatch):
+    """A video's frames are of one size: IPCV makes their boundaries on the device (nothing copied
+    from the host, which a CUDA graph could replay from a reused buffer). Where it would copy,
+    the copy is refused during a capture, and a captured call publishes no statistics."""
+    from ipcv import algorithm as alg
+
+    copies = []
+    to_device = alg.to_device
+    monkeypatch.setattr(alg, "to_device", lambda host, device: copies.append(host.shape) or to_device(host, device))
+    model = tiny("tiny-qwen2-vl", attn_implementation="sdpa")
+    with ipcv.apply(model, vision=ipcv.IPCVConfig(prune_layer=3, as_layers=4)) as handle:
+        run_tower(tower_of(model), random_patches([(4, 4, 4)], seed=2))  # global budget: frames share it
+        assert copies == [] and handle.vision_stats.total_kept == 22
+        run_tower(tower_of(model), random_patches([(1, 4, 4), (1, 4, 8)], seed=2))  # sizes differ: copied
+        assert copies == [torch.Size([3])]
+        monkeypatch.setattr(alg, "capturing", lambda: True)
+        with pytest.raises(RuntimeError, match="during CUDA graph capture"):
+            to_device(torch.zeros(3), torch.device("cuda"))  # refused before CUDA is touched
+        run_tower(tower_of(model), random_patches([(4, 4, 4)], seed=2))
+        assert handle.vision_stats is None  # nothing published from a captured call
+
+
 def test_kept_boundaries_of_frames_from_the_host_or_the_device():
     """With kept counts per frame known, the kept tokens' boundaries are stated on the host for a
     ``cu`` the host holds, and counted on the kept tokens' device for a ``cu`` there (a CUDA graph
@@ -358,7 +396,7 @@ def test_kept_boundaries_of_frames_from_the_host_or_the_device():
     on_device, longest = plan.kept_cu(cu, None)
     on_host, _ = plan.kept_cu(cu.to("meta"), None)  # a cu the kept tokens' device does not hold
     assert on_device.tolist() == on_host.tolist() == [0, 3, 4, 7] and longest == 3
-    assert on_device.dtype == on_host.dtype == torch.int32 and on_device.device == kept.device
+    assert on_device.dtype == on_host.dtype == torch.int32 and on_host.device.type == "cpu"  # stated on the host
 
 
 def test_kept_boundaries_for_a_varlen_kernel_read_nothing_back():

@@ -93,12 +93,12 @@ def torch_flash_varlen(module: nn.Module, query: torch.Tensor, key: torch.Tensor
 
 
 def _on(device: torch.device, bounds: torch.Tensor) -> torch.Tensor:
-    """Segment boundaries as int32 on the kernel's device. Boundaries kept on the host (the
-    tower called with its layout computed there) go by a pinned, non-blocking copy, so the host
-    does not wait for the device."""
-    if bounds.device != device:
+    """Segment boundaries as the kernel takes them: int32, contiguous, on its device. Boundaries
+    kept on the host go by a pinned, non-blocking copy, so the host does not wait for the device
+    (the tower called with its layout on the host puts them on the device itself, for a graph)."""
+    if bounds.device.type == "cpu" and device.type == "cuda":
         bounds = bounds.to(torch.int32).pin_memory().to(device, non_blocking=True)
-    return bounds.to(torch.int32)
+    return bounds.to(device=device, dtype=torch.int32).contiguous()
 
 
 def _takes_scale() -> bool:
