@@ -280,10 +280,12 @@ def check_varlen_kernel(device: torch.device) -> None:
 
     choose = getattr(varlen_module, "_should_use_cudnn", None)
     try:
-        backend = "cuDNN" if choose is not None and choose(device.index or 0) else "flash"
+        routes = "cuDNN" if choose is not None and choose(device.index or 0) else "flash"
     except TypeError:
-        backend = f"chosen per call ({inspect.signature(choose)})"
-    print(f"INFO varlen_attn backend, torch {torch.__version__}: {backend}", flush=True)
+        routes = f"chosen per call ({inspect.signature(choose)})"
+    pinned = "num_splits" in inspect.signature(varlen_module.varlen_attn).parameters
+    print(f"INFO varlen_attn, torch {torch.__version__}: its own choice of backend here {routes}; "
+          f"torch_flash_varlen {'pins the flash kernel (num_splits=1)' if pinned else 'takes that choice'}", flush=True)
     g = torch.Generator(device=device).manual_seed(5)
     q_lengths, k_lengths, heads, dim = [0, 300, 0, 517, 64], [128, 700, 32, 1024, 64], 16, 80
     q, k, v = (torch.randn(1, heads, sum(n), dim, device=device, generator=g).to(torch.bfloat16)

@@ -106,6 +106,21 @@ def test_boundaries_without_their_longest_segment(reference_kernel):
     torch.testing.assert_close(out, expected.transpose(1, 2))
 
 
+def test_the_flash_kernel_is_pinned_where_the_kernel_takes_num_splits(reference_kernel, monkeypatch):
+    """A varlen_attn with ``num_splits`` (PyTorch >= 2.12) gets one split, which keeps PyTorch
+    2.14 on its flash kernel instead of cuDNN; one without it gets no such argument."""
+    seen = []
+
+    def with_splits(q, k, v, cu_q, cu_k, max_q, max_k, *, scale=None, num_splits=None):
+        seen.append(num_splits)
+        return varlen_reference(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale)
+
+    monkeypatch.setattr(attention, "_kernel", lambda: with_splits)
+    q = torch.randn(1, 2, 4, 8)
+    attention.torch_flash_varlen(None, q, q, q, None)
+    assert seen == [1]
+
+
 def test_a_kernel_without_a_scale_argument_refuses_another_scale(reference_kernel, monkeypatch):
     """PyTorch 2.10's varlen_attn has no ``scale``: the default scale runs, another is refused."""
     monkeypatch.setattr(attention, "_kernel", lambda: lambda q, k, v, cu_q, cu_k, max_q, max_k: varlen_reference(

@@ -80,7 +80,7 @@ def torch_flash_varlen(module: nn.Module, query: torch.Tensor, key: torch.Tensor
     cu_q, cu_k = (_on(query.device, c) for c in (cu_seq_lens_q, cu_k))
     extra = {}
     if scaling is not None and not math.isclose(scaling, head_dim**-0.5, rel_tol=1e-6):
-        if not _takes_scale():
+        if not _takes("scale"):
             raise RuntimeError(f"{NAME}: this torch's varlen_attn has no scale argument and the module scales by "
                                f"{scaling}, not 1/sqrt({head_dim})")
         extra["scale"] = scaling
@@ -88,6 +88,8 @@ def torch_flash_varlen(module: nn.Module, query: torch.Tensor, key: torch.Tensor
         max_length_q = int((cu_q[1:] - cu_q[:-1]).max())
     if max_length_k is None:
         max_length_k = max_length_q if cu_seq_lens_k is None else int((cu_k[1:] - cu_k[:-1]).max())
+    if _takes("num_splits"):  # pins the flash kernel (see _takes)
+        extra["num_splits"] = 1
     out = _kernel()(q, k, v, cu_q, cu_k, int(max_length_q), int(max_length_k), **extra)
     return out.view(batch, q_len, heads, head_dim), None
 
@@ -101,8 +103,13 @@ def _on(device: torch.device, bounds: torch.Tensor) -> torch.Tensor:
     return bounds.to(device=device, dtype=torch.int32).contiguous()
 
 
-def _takes_scale() -> bool:
-    return "scale" in inspect.signature(_kernel()).parameters
+def _takes(argument: str) -> bool:
+    """Whether this torch's ``varlen_attn`` takes ``argument``. ``scale`` came in PyTorch 2.11;
+    with ``num_splits`` (2.12 on) PyTorch 2.14 keeps its flash kernel, where it would otherwise
+    route a Hopper or Blackwell call with segments over 128 tokens to cuDNN, a kernel these calls
+    (bounds of the longest segment, empty segments) were not checked against. One split is what
+    the flash kernel itself runs for a call without a paged cache, so the result is unchanged."""
+    return argument in inspect.signature(_kernel()).parameters
 
 
 def register() -> None:
