@@ -30,14 +30,14 @@ def build(size: str, dtype: str, device: torch.device, attn: str, tower_only: bo
     ``dtype`` (``attn`` "sdpa-flash" builds sdpa; ``attention_context`` then forces the flash kernel;
     "torch_flash_varlen" builds sdpa and sets PyTorch's varlen kernel on the vision tower,
     ``pipeline.models.attention``)."""
-    varlen = attn == attention.NAME
-    model = build_random(family_named(family), INTERNVIT.get(size, size) if family == "internvl" else size,
+    varlen, adapter = attn == attention.NAME, family_named(family)
+    if varlen:
+        attention.check_family(adapter)
+    model = build_random(adapter, INTERNVIT.get(size, size) if family == "internvl" else size,
                          dtype=dtype, device=str(device), on_device=True, tower_only=tower_only,
                          attn_implementation="sdpa" if attn.startswith("sdpa") or varlen else attn)
     if varlen:
-        if family != "qwen2_vl":
-            raise ValueError(f"{attn} is for Qwen-VL towers (packed segments); InternViT's tiles take sdpa")
-        attention.use_torch_flash_varlen(model if tower_only else family_named(family).tower(model))
+        attention.use_torch_flash_varlen(model if tower_only else adapter.tower(model))
     return model
 
 

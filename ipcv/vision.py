@@ -79,15 +79,13 @@ class _PrunePlan:
         with empty segments dropped, which the host waits for once."""
         entry = next((e for source, e in self._cu_cache if source is cu), None)
         if entry is None:
-            if self.kept_per_frame is not None and cu.shape[0] == len(self.kept_per_frame) + 1:
-                if cu.device != self.kept.device:
-                    bounds = torch.tensor([0, *itertools.accumulate(self.kept_per_frame)], dtype=cu.dtype)
-                else:
-                    bounds = torch.searchsorted(self.kept, cu.to(self.kept.dtype)).to(cu.dtype)
-                entry = (bounds, max(self.kept_per_frame))
-            elif bound is not None:
+            frames = self.kept_per_frame is not None and cu.shape[0] == len(self.kept_per_frame) + 1
+            longest = max(self.kept_per_frame) if frames else None
+            if frames and cu.device != self.kept.device:
+                entry = (torch.tensor([0, *itertools.accumulate(self.kept_per_frame)], dtype=cu.dtype), longest)
+            elif frames or bound is not None:  # kept tokens before each boundary, empty segments left in
                 bounds = torch.searchsorted(self.kept, cu.to(self.kept.device, self.kept.dtype)).to(cu.dtype)
-                entry = (bounds, min(int(bound), int(self.kept.shape[0])))
+                entry = (bounds, longest if frames else min(int(bound), int(self.kept.shape[0])))
             else:
                 entry = (alg.subset_cu_seqlens(cu.to(self.kept.device), self.kept), None)
             self._cu_cache.append((cu, entry))

@@ -20,8 +20,10 @@ loads the model on sdpa and sets it on the vision tower: the language model stay
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -78,9 +80,10 @@ def torch_flash_varlen(module: nn.Module, query: torch.Tensor, key: torch.Tensor
     q, k, v = (t.transpose(1, 2).reshape(-1, heads, head_dim) for t in (query, key, value))
     cu_k = cu_seq_lens_q if cu_seq_lens_k is None else cu_seq_lens_k
     cu_q, cu_k = (_on(query.device, c) for c in (cu_seq_lens_q, cu_k))
+    kernel = _kernel()
     extra = {}
     if scaling is not None and not math.isclose(scaling, head_dim**-0.5, rel_tol=1e-6):
-        if not _takes("scale"):
+        if "scale" not in _arguments(kernel):
             raise RuntimeError(f"{NAME}: this torch's varlen_attn has no scale argument and the module scales by "
                                f"{scaling}, not 1/sqrt({head_dim})")
         extra["scale"] = scaling
@@ -88,9 +91,9 @@ def torch_flash_varlen(module: nn.Module, query: torch.Tensor, key: torch.Tensor
         max_length_q = int((cu_q[1:] - cu_q[:-1]).max())
     if max_length_k is None:
         max_length_k = max_length_q if cu_seq_lens_k is None else int((cu_k[1:] - cu_k[:-1]).max())
-    if _takes("num_splits"):  # pins the flash kernel (see _takes)
+    if "num_splits" in _arguments(kernel):  # pins the flash kernel (see _arguments)
         extra["num_splits"] = 1
-    out = _kernel()(q, k, v, cu_q, cu_k, int(max_length_q), int(max_length_k), **extra)
+    out = kernel(q, k, v, cu_q, cu_k, int(max_length_q), int(max_length_k), **extra)
     return out.view(batch, q_len, heads, head_dim), None
 
 
@@ -103,13 +106,15 @@ def _on(device: torch.device, bounds: torch.Tensor) -> torch.Tensor:
     return bounds.to(device=device, dtype=torch.int32).contiguous()
 
 
-def _takes(argument: str) -> bool:
-    """Whether this torch's ``varlen_attn`` takes ``argument``. ``scale`` came in PyTorch 2.11;
-    with ``num_splits`` (2.12 on) PyTorch 2.14 keeps its flash kernel, where it would otherwise
-    route a Hopper or Blackwell call with segments over 128 tokens to cuDNN, a kernel these calls
-    (bounds of the longest segment, empty segments) were not checked against. One split is what
-    the flash kernel itself runs for a call without a paged cache, so the result is unchanged."""
-    return argument in inspect.signature(_kernel()).parameters
+@functools.lru_cache(maxsize=8)
+def _arguments(kernel: Callable[..., Any]) -> frozenset[str]:
+    """The arguments ``kernel`` (this torch's ``varlen_attn``) takes, looked up once per kernel
+    (every block calls it). ``scale`` came in PyTorch 2.11; with ``num_splits`` (2.12 on) PyTorch
+    2.14 keeps its flash kernel, where it would otherwise route a Hopper or Blackwell call with
+    segments over 128 tokens to cuDNN, a kernel these calls (bounds of the longest segment, empty
+    segments) were not checked against. One split is what the flash kernel itself runs for a call
+    without a paged cache, so the result is unchanged."""
+    return frozenset(inspect.signature(kernel).parameters)
 
 
 def register() -> None:
@@ -148,8 +153,14 @@ def on_vision_tower(model: nn.Module) -> nn.Module:
     from pipeline.models.registry import family_of
 
     family = family_of(model)
+    check_family(family)
+    use_torch_flash_varlen(family.tower(model))
+    return model
+
+
+def check_family(family: Any) -> None:
+    """Refuse a model family (``pipeline.models.ModelFamily``) whose tower does not pack its
+    inputs with ``cu_seqlens``: transformers' varlen path never runs there."""
     if not family.varlen_vision:
         raise ValueError(f"attn_implementation {NAME} is for vision towers that pack their images into one sequence "
                          f"(Qwen-VL); {family.label}'s tower takes its tiles as a batch: use sdpa")
-    use_torch_flash_varlen(family.tower(model))
-    return model
