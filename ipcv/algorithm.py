@@ -158,9 +158,10 @@ def to_device(host: torch.Tensor, device: torch.device) -> torch.Tensor:
     if device.type != "cuda":
         return host.to(device)
     if capturing():
-        raise RuntimeError("IPCV would copy host values to the device during CUDA graph capture (random "
-                           "selection, images of different sizes or several requests in one call, a per-image "
-                           "neighbour scope); a replay could read a reused host buffer")
+        raise RuntimeError("a copy of host values to the device during CUDA graph capture: a replay could read "
+                           "a pinned host buffer reused since (IPCV copies for random selection, images of different "
+                           "sizes or several requests in one call, a per-image neighbour scope; a varlen attention "
+                           "for segment boundaries left on the host)")
     return host.pin_memory().to(device, non_blocking=True)
 
 

@@ -29,6 +29,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from ipcv.algorithm import to_device
+
 NAME = "torch_flash_varlen"
 # the attention implementations a model of the study is loaded with (profiles, CLI, load_model)
 IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", NAME)
@@ -99,10 +101,11 @@ def torch_flash_varlen(module: nn.Module, query: torch.Tensor, key: torch.Tensor
 
 def _on(device: torch.device, bounds: torch.Tensor) -> torch.Tensor:
     """Segment boundaries as the kernel takes them: int32, contiguous, on its device. Boundaries
-    kept on the host go by a pinned, non-blocking copy, so the host does not wait for the device
-    (the tower called with its layout on the host puts them on the device itself, for a graph)."""
+    kept on the host go as IPCV's host values do (``ipcv.algorithm.to_device``: the host does not
+    wait for the device, and the copy is refused during a graph's capture; the tower called with
+    its layout on the host puts them on the device itself, for a graph)."""
     if bounds.device.type == "cpu" and device.type == "cuda":
-        bounds = bounds.to(torch.int32).pin_memory().to(device, non_blocking=True)
+        bounds = to_device(bounds.to(torch.int32), device)
     return bounds.to(device=device, dtype=torch.int32).contiguous()
 
 
